@@ -1,0 +1,258 @@
+"""Offset combiners: how K client offsets become one offset before the optimizer step.
+
+``WeightedMean`` and ``FisherWeightedMean`` stream: they fold each update into buffers of
+the model's size as it arrives, so memory is O(P) whatever K. The robust combiners
+(coordinate median, trimmed mean, (multi-)Krum) need every offset at once and so hold
+O(K x P); ``streaming`` tells the caller which is which.
+
+Partial sub-models: a client may send only some tensors. Per tensor, weights are
+renormalised over the clients that sent it, and a tensor nobody sent is left out of
+the result (so the optimizer does not move it).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from aggregation.types import ClientUpdate, Params
+
+
+class CombinerError(ValueError):
+    """The updates cannot be combined as asked (e.g. too few for Krum)."""
+
+
+@dataclass(frozen=True)
+class CombineResult:
+    """The combined offset sum_i w_i theta_i (weights normalised per tensor), holding only
+    tensors at least one client sent. Its tensors may be the combiner's reused buffers:
+    valid until the next ``combine`` call."""
+
+    offset: Params
+    num_clients: int
+    diagnostics: dict[str, float | list[str]] = field(default_factory=dict)
+
+
+def update_norm(offset: Params) -> float:
+    """The L2 norm of an offset over all its tensors."""
+    if not offset:
+        return 0.0
+    norms = torch._foreach_norm(list(offset.values()))
+    return float(torch.linalg.vector_norm(torch.stack(norms).double()))
+
+
+def clip_factor(offset: Params, clip_norm: float) -> float:
+    """The factor that scales ``offset`` to norm at most ``clip_norm`` (0 = no clipping)."""
+    if clip_norm <= 0:
+        return 1.0
+    norm = update_norm(offset)
+    return 1.0 if norm <= clip_norm else clip_norm / norm
+
+
+class OffsetCombiner(ABC):
+    """Turns the round's client updates into one offset."""
+
+    streaming: bool = False
+
+    def __init__(self, *, clip_norm: float = 0.0) -> None:
+        self.clip_norm = clip_norm
+
+    @abstractmethod
+    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+        """Combine ``updates``; ``template`` gives the model's tensor names, shapes and
+        dtypes (its values are not read)."""
+
+
+class WeightedMean(OffsetCombiner):
+    """The examples-weighted mean, streamed: O(P) memory, one axpy per tensor per client,
+    buffers reused across rounds."""
+
+    streaming = True
+
+    def __init__(self, *, clip_norm: float = 0.0) -> None:
+        super().__init__(clip_norm=clip_norm)
+        self._sum: Params = {}
+
+    def _buffers(self, template: Params) -> Params:
+        if not _same_layout(self._sum, template):
+            self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
+        else:
+            torch._foreach_zero_(list(self._sum.values()))
+        return self._sum
+
+    @torch.no_grad()
+    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+        acc = self._buffers(template)
+        weight_sum = dict.fromkeys(acc, 0.0)
+        n = 0
+        for u in updates:
+            alpha = u.weight * clip_factor(u.offset, self.clip_norm)
+            for k, t in u.offset.items():
+                acc[k].add_(t, alpha=alpha)  # in place, dtype of the buffer kept
+                weight_sum[k] += u.weight
+            n += 1
+        return CombineResult(_normalise(acc, weight_sum), n)
+
+
+class FisherWeightedMean(OffsetCombiner):
+    """Curvature-weighted merge (Matena and Raffel 2022): per coordinate,
+    sum_i w_i F_i theta_i / sum_i w_i F_i. With equal Fishers it is ``WeightedMean``.
+    A client without a Fisher counts with F = 1."""
+
+    streaming = True
+
+    def __init__(self, *, clip_norm: float = 0.0, eps: float = 1e-8) -> None:
+        super().__init__(clip_norm=clip_norm)
+        self.eps = eps
+
+    @torch.no_grad()
+    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+        num = {k: torch.zeros_like(t) for k, t in template.items()}
+        den = {k: torch.zeros_like(t) for k, t in template.items()}
+        sent: set[str] = set()
+        n = 0
+        for u in updates:
+            scale = clip_factor(u.offset, self.clip_norm)
+            for k, t in u.offset.items():
+                fisher = u.fisher.get(k) if u.fisher else None
+                if fisher is None:
+                    num[k].add_(t, alpha=u.weight * scale)
+                    den[k].add_(u.weight)
+                else:
+                    num[k].addcmul_(fisher, t, value=u.weight * scale)
+                    den[k].add_(fisher, alpha=u.weight)
+                sent.add(k)
+            n += 1
+        out = {k: num[k].div_(den[k].clamp_min_(self.eps)) for k in template if k in sent}
+        return CombineResult(out, n)
+
+
+class _StackingCombiner(OffsetCombiner):
+    """Base of the robust combiners: per tensor, stack the offsets of the clients that
+    sent it, shape (K_k, *shape), and reduce over dim 0."""
+
+    @torch.no_grad()
+    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+        ups = list(updates)  # O(K x P): these combiners need every offset at once
+        scales = [clip_factor(u.offset, self.clip_norm) for u in ups]
+        out: Params = {}
+        for k in template:
+            rows = [(u, s) for u, s in zip(ups, scales, strict=True) if k in u.offset]
+            if rows:
+                stacked = torch.stack([u.offset[k] * s for u, s in rows])  # (K_k, *shape)
+                out[k] = self.reduce(stacked, [u.weight for u, _ in rows])
+        return CombineResult(out, len(ups))
+
+    @abstractmethod
+    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
+        """Reduce (K, *shape) to (*shape)."""
+
+
+class CoordinateMedian(_StackingCombiner):
+    """Coordinate-wise median (Yin et al. 2018); the mean of the two middle values for
+    an even count. Unweighted: one client, one vote."""
+
+    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
+        k = stacked.shape[0]
+        s = stacked.sort(dim=0).values
+        if k % 2:
+            return s[k // 2]
+        return (s[k // 2 - 1] + s[k // 2]) / 2
+
+
+class TrimmedMean(_StackingCombiner):
+    """Coordinate-wise trimmed mean: drop the floor(beta K) largest and smallest values per
+    coordinate, average the rest (Yin et al. 2018)."""
+
+    def __init__(self, *, beta: float = 0.1, clip_norm: float = 0.0) -> None:
+        super().__init__(clip_norm=clip_norm)
+        if not 0.0 <= beta < 0.5:
+            raise CombinerError(f"trim-beta must be in [0, 0.5), got {beta}")
+        self.beta = beta
+
+    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
+        k = stacked.shape[0]
+        cut = int(math.floor(self.beta * k))
+        s = stacked.sort(dim=0).values
+        return s[cut : k - cut].mean(dim=0)
+
+
+class Krum(OffsetCombiner):
+    """Krum and multi-Krum (Blanchard et al. 2017): score each client by the summed
+    squared distances to its K - f - 2 nearest others, keep the ``num_selected`` best
+    scored and average them by examples. ``num_selected`` = 1 is Krum; None is multi-Krum
+    with m = K - f. Every client must send every tensor (distances are over the model)."""
+
+    def __init__(
+        self, *, byzantine: int = 1, num_selected: int | None = 1, clip_norm: float = 0.0
+    ) -> None:
+        super().__init__(clip_norm=clip_norm)
+        self.byzantine = byzantine
+        self.num_selected = num_selected
+
+    @torch.no_grad()
+    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+        ups = list(updates)
+        k = len(ups)
+        if k < 2 * self.byzantine + 3:
+            raise CombinerError(
+                f"krum with f={self.byzantine} needs at least {2 * self.byzantine + 3} "
+                f"clients, got {k}"
+            )
+        if any(set(u.offset) != set(template) for u in ups):
+            raise CombinerError("krum needs every client to send every tensor")
+        scales = [clip_factor(u.offset, self.clip_norm) for u in ups]
+        dist = torch.zeros(k, k, dtype=torch.float64)
+        for name in template:
+            x = torch.stack([u.offset[name].reshape(-1) * s for u, s in zip(ups, scales)])
+            dist += torch.cdist(x.double(), x.double()).square()  # (K, K)
+        nearest = k - self.byzantine - 2
+        # Row i's smallest value is its zero self-distance: skip it.
+        scores = dist.sort(dim=1).values[:, 1 : nearest + 1].sum(dim=1)
+        m = k - self.byzantine if self.num_selected is None else self.num_selected
+        chosen = scores.argsort()[:m].tolist()
+        picked = [
+            ClientUpdate({n: t * scales[i] for n, t in ups[i].offset.items()}, ups[i].weight)
+            for i in chosen
+        ]
+        mean = WeightedMean().combine(picked, template)
+        diag: dict[str, float | list[str]] = {"selected": [ups[i].client_id for i in chosen]}
+        return CombineResult(mean.offset, k, diag)
+
+
+def make_combiner(
+    name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0
+) -> OffsetCombiner:
+    """The combiner a run's config names."""
+    if name == "mean":
+        return WeightedMean(clip_norm=clip_norm)
+    if name == "fisher":
+        return FisherWeightedMean(clip_norm=clip_norm)
+    if name == "median":
+        return CoordinateMedian(clip_norm=clip_norm)
+    if name == "trimmed-mean":
+        return TrimmedMean(beta=trim_beta, clip_norm=clip_norm)
+    if name == "krum":
+        return Krum(byzantine=byzantine, num_selected=1, clip_norm=clip_norm)
+    if name == "multi-krum":
+        return Krum(byzantine=byzantine, num_selected=None, clip_norm=clip_norm)
+    raise CombinerError(f"unknown combiner {name!r}")
+
+
+def _same_layout(a: Params, b: Params) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and a[k].device == b[k].device
+        for k in a
+    )
+
+
+def _normalise(acc: Params, weight_sum: dict[str, float]) -> Params:
+    out = {k: t for k, t in acc.items() if weight_sum[k] > 0}
+    for k, t in out.items():
+        t.div_(weight_sum[k])
+    return out

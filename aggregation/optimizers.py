@@ -1,0 +1,194 @@
+"""Server optimizers on the objective's gradient (Reddi et al. 2021, Algorithm 2).
+
+A ``ServerOptimizer`` is a pair of functions, as in fedjax: ``init(params)`` makes the
+state, ``step(params, grads, state)`` updates ``params`` in place and returns the new
+state. Arithmetic runs as torch ``_foreach_`` kernels over the whole tensor list, in
+the parameters' dtype. ``grads`` may hold only some tensors (partial sub-models): the
+others, and their optimizer slots, do not move.
+
+Adagrad, Adam and Yogi share one adaptive step and differ only in the second-moment
+update, with Delta = -g:
+    m <- b1 m + (1 - b1) Delta
+    v <- v + Delta^2                                  (Adagrad)
+    v <- b2 v + (1 - b2) Delta^2                      (Adam)
+    v <- v - (1 - b2) Delta^2 sign(v - Delta^2)       (Yogi)
+    theta <- theta + lr m_hat / (sqrt(v_hat) + tau)
+m_hat, v_hat are bias-corrected with the optimizer's own step count t (1, 2, ...) when
+``bias_correction`` is on (Adam and Yogi by default), else m and v themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from aggregation.types import OptimizerState, Params
+
+
+@dataclass(frozen=True)
+class ServerOptimizer:
+    name: str
+    init: Callable[[Params], OptimizerState]
+    step: Callable[[Params, Params, OptimizerState], OptimizerState]
+
+
+def _zeros_like(params: Params) -> Params:
+    return {k: torch.zeros_like(t) for k, t in params.items()}
+
+
+def _selected(params: Params, grads: Params, slot: Params | None = None) -> list[Tensor]:
+    source = params if slot is None else slot
+    return [source[k] for k in grads]
+
+
+def sgd(*, lr: float = 1.0) -> ServerOptimizer:
+    """theta <- theta - lr g. With lr = 1 on the pseudo-gradient this is FedAvg."""
+
+    def init(params: Params) -> OptimizerState:
+        return OptimizerState()
+
+    @torch.no_grad()
+    def step(params: Params, grads: Params, state: OptimizerState) -> OptimizerState:
+        if grads:
+            torch._foreach_add_(_selected(params, grads), list(grads.values()), alpha=-lr)
+        return replace(state, step=state.step + 1)
+
+    return ServerOptimizer("sgd", init, step)
+
+
+def momentum(*, lr: float = 1.0, beta: float = 0.9, nesterov: bool = False) -> ServerOptimizer:
+    """Heavy-ball momentum on the server (FedAvgM, Hsu et al. 2019):
+    u <- beta u + g; theta <- theta - lr u (Nesterov: theta <- theta - lr (g + beta u))."""
+
+    def init(params: Params) -> OptimizerState:
+        return OptimizerState(slots={"u": _zeros_like(params)})
+
+    @torch.no_grad()
+    def step(params: Params, grads: Params, state: OptimizerState) -> OptimizerState:
+        if grads:
+            u = _selected(params, grads, state.slots["u"])
+            g = list(grads.values())
+            torch._foreach_mul_(u, beta)
+            torch._foreach_add_(u, g)
+            if nesterov:
+                torch._foreach_add_(g, u, alpha=beta)  # g is the round's scratch buffer
+                torch._foreach_add_(_selected(params, grads), g, alpha=-lr)
+            else:
+                torch._foreach_add_(_selected(params, grads), u, alpha=-lr)
+        return replace(state, step=state.step + 1)
+
+    return ServerOptimizer("momentum", init, step)
+
+
+SecondMoment = Callable[[list[Tensor], list[Tensor]], None]
+"""Updates v in place from the squared gradient (a scratch list it may overwrite)."""
+
+
+def _adaptive(
+    name: str,
+    second_moment: SecondMoment,
+    *,
+    lr: float,
+    beta1: float,
+    tau: float,
+    bias_correction: bool,
+    beta2_for_correction: float,
+) -> ServerOptimizer:
+    if tau <= 0:
+        raise ValueError(f"{name}: tau must be > 0, got {tau}")
+
+    def init(params: Params) -> OptimizerState:
+        return OptimizerState(slots={"m": _zeros_like(params), "v": _zeros_like(params)})
+
+    @torch.no_grad()
+    def step(params: Params, grads: Params, state: OptimizerState) -> OptimizerState:
+        t = state.step + 1
+        if not grads:
+            return replace(state, step=t)
+        m = _selected(params, grads, state.slots["m"])
+        v = _selected(params, grads, state.slots["v"])
+        g = list(grads.values())  # the round's scratch buffers: overwritten below
+        torch._foreach_lerp_(m, g, 1.0 - beta1)  # m <- b1 m + (1 - b1) g  (sign: Delta = -g)
+        torch._foreach_mul_(g, g)  # g <- g^2 = Delta^2
+        second_moment(v, g)
+        if bias_correction:
+            c1 = 1.0 - beta1**t
+            c2 = 1.0 - beta2_for_correction**t
+        else:
+            c1 = c2 = 1.0
+        denom = torch._foreach_sqrt(v)  # one temporary list, the size of the grads
+        torch._foreach_div_(denom, math.sqrt(c2))
+        torch._foreach_add_(denom, tau)
+        # theta <- theta + lr m_hat / (...) with m tracking g = -Delta: subtract.
+        torch._foreach_addcdiv_(_selected(params, grads), m, denom, value=-lr / c1)
+        return replace(state, step=t)
+
+    return ServerOptimizer(name, init, step)
+
+
+def adagrad(*, lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3) -> ServerOptimizer:
+    """FedAdagrad: v <- v + Delta^2."""
+
+    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
+        torch._foreach_add_(v, g2)
+
+    return _adaptive(
+        "adagrad", second_moment, lr=lr, beta1=beta1, tau=tau,
+        bias_correction=False, beta2_for_correction=0.0,
+    )
+
+
+def adam(
+    *, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
+    bias_correction: bool = True,
+) -> ServerOptimizer:
+    """FedAdam: v <- b2 v + (1 - b2) Delta^2."""
+
+    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
+        torch._foreach_lerp_(v, g2, 1.0 - beta2)
+
+    return _adaptive(
+        "adam", second_moment, lr=lr, beta1=beta1, tau=tau,
+        bias_correction=bias_correction, beta2_for_correction=beta2,
+    )
+
+
+def yogi(
+    *, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
+    bias_correction: bool = True,
+) -> ServerOptimizer:
+    """FedYogi: v <- v - (1 - b2) Delta^2 sign(v - Delta^2)."""
+
+    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
+        sign = torch._foreach_sub(v, g2)  # temporary: v - Delta^2
+        for s in sign:
+            s.sign_()
+        torch._foreach_mul_(g2, sign)
+        torch._foreach_add_(v, g2, alpha=-(1.0 - beta2))
+
+    return _adaptive(
+        "yogi", second_moment, lr=lr, beta1=beta1, tau=tau,
+        bias_correction=bias_correction, beta2_for_correction=beta2,
+    )
+
+
+def make_optimizer(
+    name: str, *, lr: float, momentum_beta: float = 0.9, beta1: float = 0.9,
+    beta2: float = 0.99, tau: float = 1e-3,
+) -> ServerOptimizer:
+    """The optimizer a run's config names."""
+    if name == "sgd":
+        return sgd(lr=lr)
+    if name == "momentum":
+        return momentum(lr=lr, beta=momentum_beta)
+    if name == "adagrad":
+        return adagrad(lr=lr, tau=tau)
+    if name == "adam":
+        return adam(lr=lr, beta1=beta1, beta2=beta2, tau=tau)
+    if name == "yogi":
+        return yogi(lr=lr, beta1=beta1, beta2=beta2, tau=tau)
+    raise ValueError(f"unknown optimizer {name!r}")
