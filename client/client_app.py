@@ -1,0 +1,99 @@
+"""The Flower ClientApp: receive theta, train the offset theta_i, reply with it.
+
+Which data a node holds comes from its node config (``partition-id`` and
+``num-partitions``, injected by the simulation engine or given to a SuperNode with
+--node-config); what to do comes from the round's ConfigRecord (``ClientTask``).
+In ``personal`` mode the offset lives in ``context.state`` between rounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.data import ClientData, PartitionSpec, load_partition
+from client.models import build_model
+from client.task import ClientTask
+from client.trainer import evaluate, load_params, pick_device, train_offset
+
+OFFSET_STATE_KEY = "personal-offset"
+
+app = ClientApp()
+
+
+def _node_data(context: Context, task: ClientTask) -> tuple[int, ClientData]:
+    try:
+        pid = int(context.node_config["partition-id"])
+        num = int(context.node_config["num-partitions"])
+    except KeyError as exc:
+        raise ValueError(
+            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
+            "--node-config 'partition-id=<i> num-partitions=<n>'"
+        ) from None
+    spec = PartitionSpec(
+        task.partition, num, seed=task.seed, alpha=task.dirichlet_alpha,
+        classes_per_client=task.classes_per_client,
+    )
+    return pid, load_partition(spec, pid)
+
+
+def _stored_offset(context: Context) -> dict[str, torch.Tensor] | None:
+    if OFFSET_STATE_KEY not in context.state:
+        return None
+    return context.state[OFFSET_STATE_KEY].to_torch_state_dict()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    task = ClientTask.from_config(msg.content["config"])
+    server_round = int(msg.content["config"]["server-round"])
+    pid, data = _node_data(context, task)
+    device = pick_device(task.device)
+    theta = msg.content["arrays"].to_torch_state_dict()
+    model = build_model(task.model)
+    personal = task.mode == "personal"
+
+    metrics: dict[str, float | int] = {}
+    _, metrics["shared-acc"] = evaluate(load_params(model, theta), data.x_val, data.y_val, device)
+    result = train_offset(
+        model, theta, data.x_train, data.y_train,
+        epochs=task.local_epochs, lr=task.local_lr, batch_size=task.batch_size,
+        proximal=task.proximal_coefficient, device=device,
+        seed=int(np.random.SeedSequence([task.seed, pid, server_round]).generate_state(1)[0]),
+        warm_offset=_stored_offset(context) if personal else None,
+    )
+    if personal:
+        context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
+        _, metrics["personal-acc"] = evaluate(model, data.x_val, data.y_val, device)
+    metrics.update({
+        "num-examples": len(data.y_train),
+        "train-loss": result.loss,
+        "train-seconds": result.seconds,
+        "partition-id": pid,
+        "device-cuda": int(device.type == "cuda"),
+    })
+    content = RecordDict({"arrays": ArrayRecord(result.offset), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_shared(msg: Message, context: Context) -> Message:
+    """Local validation metrics of theta, and in personal mode of theta + theta_i."""
+    task = ClientTask.from_config(msg.content["config"])
+    pid, data = _node_data(context, task)
+    device = pick_device(task.device)
+    model = load_params(build_model(task.model), msg.content["arrays"].to_torch_state_dict())
+    loss, acc = evaluate(model, data.x_val, data.y_val, device)
+    metrics: dict[str, float | int] = {
+        "eval-loss": loss, "eval-acc": acc, "num-examples": len(data.y_val), "partition-id": pid,
+    }
+    offset = _stored_offset(context)
+    if task.mode == "personal" and offset is not None:
+        theta = msg.content["arrays"].to_torch_state_dict()
+        model = load_params(model, theta, offset)
+        metrics["personal-loss"], metrics["personal-acc"] = evaluate(
+            model, data.x_val, data.y_val, device
+        )
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,87 @@
+"""Real data for the clients: scikit-learn's bundled digits (1,797 8x8 images), a fixed
+held-out test split for the coordinator, and the rest partitioned over clients IID,
+Dirichlet(alpha) or pathologically (k classes per client) by flwr-datasets' partitioners.
+Each client keeps 20% of its partition as its own validation split (local accuracy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0  # the held-out test set is the same for every run and every seed
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    scheme: str  # iid | dirichlet | pathological
+    num_partitions: int
+    seed: int = 0
+    alpha: float = 0.5
+    classes_per_client: int = 2
+
+
+@dataclass(frozen=True)
+class ClientData:
+    x_train: np.ndarray  # (n, 64) float32 in [0, 1]
+    y_train: np.ndarray  # (n,) int64
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test): the federation's pool and the held-out test."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return x_tr, y_tr, x_te, y_te
+
+
+@lru_cache(maxsize=8)
+def _partition_indices(spec: PartitionSpec) -> tuple[np.ndarray, ...]:
+    from datasets import Dataset  # heavy imports, only where partitions are made
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    _, y, _, _ = digits_split()
+    n = spec.num_partitions
+    if spec.scheme == "iid":
+        partitioner = IidPartitioner(num_partitions=n)
+    elif spec.scheme == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=n, partition_by="label", alpha=spec.alpha, seed=spec.seed,
+            min_partition_size=10, self_balancing=False,
+        )
+    elif spec.scheme == "pathological":
+        partitioner = PathologicalPartitioner(
+            num_partitions=n, partition_by="label",
+            num_classes_per_partition=spec.classes_per_client, seed=spec.seed,
+            class_assignment_mode="first-deterministic",
+        )
+    else:
+        raise ValueError(f"unknown partition scheme {spec.scheme!r}")
+    partitioner.dataset = Dataset.from_dict({"index": np.arange(len(y)), "label": y})
+    return tuple(np.asarray(partitioner.load_partition(i)["index"]) for i in range(n))
+
+
+def load_partition(spec: PartitionSpec, partition_id: int) -> ClientData:
+    if not 0 <= partition_id < spec.num_partitions:
+        raise ValueError(f"partition-id {partition_id} not in [0, {spec.num_partitions})")
+    x, y, _, _ = digits_split()
+    idx = _partition_indices(spec)[partition_id]
+    rng = np.random.default_rng([spec.seed, partition_id])
+    idx = rng.permutation(idx)
+    n_val = max(1, len(idx) // 5)
+    val, train = idx[:n_val], idx[n_val:]
+    return ClientData(x[train], y[train], x[val], y[val])

@@ -1,0 +1,110 @@
+"""Local training of a client's offset theta_i.
+
+The client's model is x = theta + theta_i. It minimises
+    L_i(x) + (c/2) ||x - theta||^2
+by minibatch SGD, with c = lam in ``personal`` mode (the inner problem of DESIGN.md) and
+c = prox-mu in ``global`` mode (FedProx; 0 is plain local SGD). It returns theta_i = x - theta.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    offset: Params  # theta_i, on the CPU, in the parameters' dtype
+    loss: float  # mean training loss over the last epoch
+    seconds: float
+    steps: int
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` takes the GPU when the worker has one."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train_offset(
+    model: nn.Module,
+    theta: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    proximal: float,
+    device: torch.device,
+    seed: int,
+    warm_offset: Params | None = None,
+) -> TrainResult:
+    t0 = time.perf_counter()
+    model.to(device).train()
+    anchor = {k: t.to(device) for k, t in theta.items()}
+    warm = {k: t.to(device) for k, t in (warm_offset or {}).items()}
+    load_params(model, anchor, warm)
+    params = [p for _, p in model.named_parameters()]
+    anchors = [anchor[n] for n, _ in model.named_parameters()]
+    opt = torch.optim.SGD(params, lr=lr)
+    xt = torch.from_numpy(x).to(device)
+    yt = torch.from_numpy(y).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    steps = 0
+    epoch_loss = 0.0
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(0, len(xt), batch_size):
+            b = perm[i : i + batch_size]
+            opt.zero_grad(set_to_none=False)
+            loss = loss_fn(model(xt[b]), yt[b])
+            loss.backward()
+            if proximal > 0:
+                # grad of (c/2)||x - theta||^2 is c (x - theta), added in place
+                with torch.no_grad():
+                    diff = torch._foreach_sub(params, anchors)
+                    torch._foreach_add_([p.grad for p in params], diff, alpha=proximal)
+            opt.step()
+            total += loss.detach() * len(b)
+            steps += 1
+        epoch_loss = float(total) / len(xt)  # one sync per epoch
+    with torch.no_grad():
+        offset = {n: (p.detach() - anchor[n]).cpu() for n, p in model.named_parameters()}
+    return TrainResult(offset, epoch_loss, time.perf_counter() - t0, steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
+    model.to(device).eval()
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    logits = model(xt)
+    loss = nn.functional.cross_entropy(logits, yt).item()
+    acc = (logits.argmax(1) == yt).float().mean().item()
+    return loss, acc
+
+
+def load_params(model: nn.Module, params: Params, offset: Params | None = None) -> nn.Module:
+    """Set ``model`` to params (+ offset) without going through a state_dict copy twice."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+            if offset is not None and name in offset:
+                p.add_(offset[name])
+    return model

@@ -1,0 +1,116 @@
+"""``fedmerge demo`` and ``fedmerge resume``: a simulated federation with a live table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from coordinator.config import ConfigError, MergeConfig, parse_run_config
+from coordinator.federation import ResumeError, resumed_config
+from coordinator.simulation import simulate
+from coordinator.store import (
+    RoundRecord,
+    StoreError,
+    make_engine,
+    make_session_factory,
+    resolve_db_url,
+    upgrade_to_head,
+)
+
+console = Console()
+
+
+def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
+    try:
+        cfg = parse_run_config(overrides)
+        if cfg.resume_run:
+            cfg = _stored(cfg)
+    except (ConfigError, ResumeError, StoreError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    url = resolve_db_url(cfg.db or None, cfg.out_path)
+    server = _start_dashboard(url, dashboard_port) if dashboard_port else None
+
+    table = Table("round", "accepted", "rejected", "train loss", "central acc", "fed acc",
+                  "personal acc", "seconds", title="fedmerge rounds")
+    progress = Progress(
+        TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+    task = progress.add_task("rounds", total=cfg.num_server_rounds)
+
+    def on_commit(rec: RoundRecord) -> None:
+        ev = {e.kind: e for e in rec.evaluations}
+        ok = sum(u.accepted for u in rec.updates)
+        table.add_row(
+            str(rec.number), str(ok), str(len(rec.updates) - ok),
+            _fmt(rec.metrics.get("train-loss")), _fmt(_acc(ev, "central")),
+            _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
+            f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
+        )
+        progress.update(task, completed=rec.number)
+        progress.console.print(
+            f"round {rec.number:>3}: central acc {_fmt(_acc(ev, 'central'))}, "
+            f"{ok}/{len(rec.updates)} updates merged"
+        )
+
+    console.print(
+        f"[bold]fedmerge demo[/bold]: {cfg.num_clients} clients, digits ({cfg.partition}"
+        f"{f' alpha={cfg.dirichlet_alpha}' if cfg.partition == 'dirichlet' else ''}), "
+        f"mode {cfg.mode}, optimizer {cfg.optimizer} (lr {cfg.server_lr}), combiner "
+        f"{cfg.combiner}, {cfg.num_server_rounds} rounds"
+    )
+    if server:
+        console.print(f"dashboard: [link]http://127.0.0.1:{dashboard_port}/[/link]")
+    try:
+        with progress:
+            result = simulate(cfg, num_clients=cfg.num_clients, on_commit=on_commit)
+    except Exception as exc:  # noqa: BLE001 - the user sees it, the store recorded it
+        console.print(f"[red]the run failed:[/red] {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        if server:
+            server.should_exit = True
+    console.print(table)
+    console.print(
+        f"final central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
+        f"{result.rounds} rounds (run {result.run_id})\n"
+        f"database: {result.db_url}\ncheckpoints: {cfg.out_path / 'checkpoints' / result.run_id}\n"
+        f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}"
+    )
+    return 0
+
+
+def _stored(cfg: MergeConfig) -> MergeConfig:
+    engine = make_engine(resolve_db_url(cfg.db or None, cfg.out_path))
+    upgrade_to_head(engine)
+    with make_session_factory(engine).begin() as s:
+        _, stored = resumed_config(s, cfg)
+    engine.dispose()
+    return stored
+
+
+def _start_dashboard(db_url: str, port: int):
+    """The dashboard in a background thread, if it is installed and the port is free."""
+    try:
+        from dashboard.server import serve_in_thread
+    except ImportError:
+        return None
+    try:
+        return serve_in_thread(db_url=db_url, host="127.0.0.1", port=port)
+    except OSError as exc:
+        console.print(f"[yellow]dashboard not started:[/yellow] {exc}")
+        return None
+
+
+def _acc(ev: dict, kind: str) -> float | None:
+    return ev[kind].accuracy if kind in ev else None
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

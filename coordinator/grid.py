@@ -1,0 +1,101 @@
+"""A Grid that hands replies over as they arrive.
+
+Flower's ``send_and_receive`` returns only when every reply is in, polling every
+``pull_interval`` (0.1 s in simulation, more in deployment): a round costs at least that
+whatever the clients do, and the merge cannot start before the slowest client is done.
+``StreamingGrid`` wraps any Grid: it pushes at once and returns a generator that pulls
+with a short, backing-off interval and yields each reply as soon as it is there, so the
+strategy streams replies into the accumulator while stragglers still train.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+@dataclass
+class ExchangeTiming:
+    """Seconds of the latest exchange: pushing the messages, and waiting for replies
+    (time inside the pull loop, not time the consumer spent on a reply)."""
+
+    send_s: float = 0.0
+    wait_s: float = 0.0
+    replies: int = 0
+    expected: int = 0
+    timed_out: bool = False
+
+
+class StreamingGrid(Grid):
+    def __init__(self, inner: Grid, *, min_interval: float = 0.002, max_interval: float = 0.05):
+        self.inner = inner
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.timings: dict[str, ExchangeTiming] = {}  # the latest exchange per message type
+
+    # --- plain delegation
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    # --- the streaming exchange
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
+        t0 = time.perf_counter()
+        ids = set(self.inner.push_messages(messages))
+        timing = ExchangeTiming(send_s=time.perf_counter() - t0, expected=len(ids))
+        self.timings[kind] = timing
+        return self._replies(ids, timeout, timing)
+
+    @property
+    def last_train(self) -> ExchangeTiming:
+        return self.timings.get(MessageType.TRAIN, ExchangeTiming())
+
+    def _replies(
+        self, ids: set[str], timeout: float | None, timing: ExchangeTiming
+    ) -> Iterator[Message]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.min_interval
+        while ids:
+            t0 = time.perf_counter()
+            got = list(self.inner.pull_messages(ids))
+            ids.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not got:
+                if deadline is not None and time.monotonic() >= deadline:
+                    timing.timed_out = True
+                    timing.wait_s += time.perf_counter() - t0
+                    return
+                time.sleep(interval)
+                interval = min(interval * 2, self.max_interval)
+            else:
+                interval = self.min_interval
+            timing.wait_s += time.perf_counter() - t0
+            for msg in got:
+                timing.replies += 1
+                yield msg

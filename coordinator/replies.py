@@ -1,0 +1,178 @@
+"""From a client's reply Message to a validated ``ClientUpdate``, without copying payloads.
+
+Flower's ``Array.numpy()`` parses each .npy payload through a stream and then the merge
+makes temporaries (PERF-ANCHORS.md). Here each tensor is a read-only torch view of the
+``Array.data`` bytes: the .npy header is parsed by hand and the data is never copied.
+Every check runs before the update can touch the accumulator; a failed check raises
+``UpdateRejected`` with the reason, which the strategy records.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from aggregation import ClientUpdate, Params
+from aggregation.combiners import update_norm
+
+OFFSET_KEY = "arrays"  # ArrayRecord: theta_i per tensor
+FISHER_KEY = "fisher"  # optional ArrayRecord: diagonal Fisher per tensor
+METRICS_KEY = "metrics"  # MetricRecord: num-examples, train-loss, ...
+MANIFEST_KEY = "manifest"  # optional ConfigRecord: {"tensors": [...]} of a partial update
+NUM_EXAMPLES = "num-examples"
+
+_TORCH_DTYPES = {
+    "<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16,
+    "<i8": torch.int64, "<i4": torch.int32, "|u1": torch.uint8, "|i1": torch.int8,
+    "|b1": torch.bool,
+}
+
+
+class UpdateRejected(ValueError):
+    """A reply that must not be merged; ``str(exc)`` is the reason that gets recorded."""
+
+
+@dataclass(frozen=True)
+class UpdateLimits:
+    max_examples: int = 1_000_000
+    max_update_norm: float = 0.0  # 0 = unbounded
+
+
+@dataclass(frozen=True)
+class DecodedReply:
+    update: ClientUpdate
+    norm: float
+    metrics: dict[str, float]
+
+
+def tensor_view(array: Array, name: str) -> torch.Tensor:
+    """A zero-copy, read-only torch view of an ``Array``'s .npy payload."""
+    data = array.data
+    if data[:6] != b"\x93NUMPY":
+        raise UpdateRejected(f"tensor {name!r}: payload is not .npy")
+    major = data[6]
+    if major == 1:
+        start, hlen = 10, int.from_bytes(data[8:10], "little")
+    elif major in (2, 3):
+        start, hlen = 12, int.from_bytes(data[8:12], "little")
+    else:
+        raise UpdateRejected(f"tensor {name!r}: unsupported .npy version {major}")
+    try:
+        header = ast.literal_eval(data[start : start + hlen].decode("latin1"))
+        descr, fortran, shape = header["descr"], header["fortran_order"], tuple(header["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise UpdateRejected(f"tensor {name!r}: malformed .npy header ({exc})") from None
+    dtype = _TORCH_DTYPES.get(descr)
+    if dtype is None:
+        raise UpdateRejected(f"tensor {name!r}: unsupported dtype {descr!r}")
+    if fortran and len(shape) > 1:
+        raise UpdateRejected(f"tensor {name!r}: Fortran-ordered payload")
+    count = math.prod(shape)
+    offset = start + hlen
+    if len(data) - offset != count * dtype.itemsize:
+        raise UpdateRejected(
+            f"tensor {name!r}: payload holds {len(data) - offset} bytes, shape {shape} "
+            f"needs {count * dtype.itemsize}"
+        )
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    with warnings.catch_warnings():
+        # bytes are immutable: the view is only ever read.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=dtype, count=count, offset=offset).view(shape)
+
+
+def decode_reply(msg: Message, template: Params, limits: UpdateLimits) -> DecodedReply:
+    """Validate one reply against the model (``template``) and the limits."""
+    if msg.has_error():
+        raise UpdateRejected(f"client error: {msg.error.reason}")
+    content = msg.content
+    metrics = _record(content, METRICS_KEY, MetricRecord)
+    arrays = _record(content, OFFSET_KEY, ArrayRecord)
+
+    raw = metrics.get(NUM_EXAMPLES)
+    if raw is None:
+        raise UpdateRejected(f"missing metric {NUM_EXAMPLES!r}")
+    examples = float(raw)
+    if not math.isfinite(examples) or examples <= 0:
+        raise UpdateRejected(f"{NUM_EXAMPLES} must be > 0, got {raw}")
+    if examples > limits.max_examples:
+        raise UpdateRejected(f"{NUM_EXAMPLES}={raw} exceeds the cap {limits.max_examples}")
+
+    expected = _expected_tensors(content, template)
+    unknown = sorted(set(arrays) - set(template))
+    if unknown:
+        raise UpdateRejected(f"unknown tensor(s) {unknown}")
+    missing = sorted(expected - set(arrays))
+    if missing:
+        raise UpdateRejected(f"missing tensor(s) {missing}")
+    offset = _checked_tensors(arrays, template, "offset")
+
+    fisher = None
+    if FISHER_KEY in content:
+        fisher = _checked_tensors(_record(content, FISHER_KEY, ArrayRecord), template, "fisher")
+        if set(fisher) != set(offset):
+            raise UpdateRejected("fisher names other tensors than the offset")
+        if any(bool((f < 0).any()) for f in fisher.values()):
+            raise UpdateRejected("fisher has negative entries")
+
+    # One pass for both checks: any NaN/Inf makes the norm non-finite.
+    norm = update_norm(offset)
+    if not math.isfinite(norm):
+        raise UpdateRejected("offset has non-finite values (NaN or Inf)")
+    if fisher is not None and not math.isfinite(update_norm(fisher)):
+        raise UpdateRejected("fisher has non-finite values (NaN or Inf)")
+    if limits.max_update_norm > 0 and norm > limits.max_update_norm:
+        raise UpdateRejected(
+            f"offset norm {norm:.4g} exceeds max-update-norm {limits.max_update_norm}"
+        )
+
+    client_id = str(msg.metadata.src_node_id)
+    plain = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return DecodedReply(ClientUpdate(offset, examples, fisher, client_id), norm, plain)
+
+
+def _record(content: Mapping, key: str, kind: type) -> object:
+    if key not in content:
+        raise UpdateRejected(f"reply has no {key!r} record")
+    rec = content[key]
+    if not isinstance(rec, kind):
+        raise UpdateRejected(f"reply record {key!r} is a {type(rec).__name__}, not {kind.__name__}")
+    return rec
+
+
+def _expected_tensors(content: Mapping, template: Params) -> set[str]:
+    """All tensors, unless the client declares a partial update in its manifest."""
+    if MANIFEST_KEY not in content:
+        return set(template)
+    manifest = _record(content, MANIFEST_KEY, ConfigRecord)
+    names = manifest.get("tensors")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UpdateRejected("manifest 'tensors' must be a non-empty list of tensor names")
+    unknown = sorted(set(names) - set(template))
+    if unknown:
+        raise UpdateRejected(f"manifest names unknown tensor(s) {unknown}")
+    return set(names)
+
+
+def _checked_tensors(arrays: ArrayRecord, template: Params, what: str) -> Params:
+    out: Params = {}
+    for name, array in arrays.items():
+        ref = template.get(name)
+        if ref is None:
+            raise UpdateRejected(f"{what}: unknown tensor {name!r}")
+        t = tensor_view(array, name)
+        if t.dtype != ref.dtype:
+            raise UpdateRejected(f"{what} {name!r}: dtype {t.dtype} != model's {ref.dtype}")
+        if t.shape != ref.shape:
+            raise UpdateRejected(
+                f"{what} {name!r}: shape {tuple(t.shape)} != model's {tuple(ref.shape)}"
+            )
+        out[name] = t
+    return out

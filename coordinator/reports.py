@@ -1,0 +1,113 @@
+"""``fedmerge runs``, ``show`` and ``export``: the store, read back for a person."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import save_file
+from sqlalchemy.orm import Session
+
+from coordinator.checkpoints import load_checkpoint
+from coordinator.store import make_engine, make_session_factory, repo, resolve_db_url
+
+console = Console()
+
+
+@contextmanager
+def _session(db: str | None, out_dir: Path) -> Iterator[Session]:
+    engine = make_engine(resolve_db_url(db, out_dir.expanduser().resolve()))
+    try:
+        with make_session_factory(engine)() as s:
+            yield s
+    finally:
+        engine.dispose()
+
+
+def _run_or_exit(s: Session, run: str):
+    row = repo.get_run(s, run)
+    if row is None:
+        raise SystemExit(f"no run {run!r} in the database")
+    return row
+
+
+def print_runs(db: str | None, out_dir: Path) -> None:
+    table = Table("run", "name", "status", "mode", "optimizer", "combiner", "rounds", "started")
+    with _session(db, out_dir) as s:
+        for r in repo.list_runs(s):
+            done = repo.count_committed_rounds(s, r.id)
+            table.add_row(r.id[:8], r.name, r.status, r.mode, r.optimizer, r.combiner,
+                          f"{done}/{r.num_rounds_planned}", f"{r.started_at:%Y-%m-%d %H:%M:%S}")
+    console.print(table)
+
+
+def history(s: Session, run_id: str) -> list[dict[str, object]]:
+    """One flat row per round: timings, train metrics and each evaluation's accuracy."""
+    evals: dict[int, dict[str, float | None]] = {}
+    for e in repo.evaluations_of(s, run_id):
+        evals.setdefault(e.round_number, {})[f"{e.kind}_accuracy"] = e.accuracy
+        evals[e.round_number][f"{e.kind}_loss"] = e.loss
+    rows = []
+    for r in repo.rounds_of(s, run_id):
+        row: dict[str, object] = {
+            "round": r.number, "status": r.status, "attempts": r.attempts,
+            "accepted": r.num_accepted, "rejected": r.num_rejected,
+            "send_s": r.send_s, "wait_s": r.wait_s, "merge_s": r.merge_s,
+            "evaluate_s": r.evaluate_s, "train_loss": (r.metrics or {}).get("train-loss"),
+        }
+        row.update(evals.get(r.number, {}))
+        rows.append(row)
+    return rows
+
+
+def print_run(db: str | None, out_dir: Path, run: str) -> None:
+    with _session(db, out_dir) as s:
+        r = _run_or_exit(s, run)
+        console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
+                      f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
+        table = Table("round", "status", "ok", "rej", "train loss", "central acc", "fed acc",
+                      "personal acc", "wait s", "merge ms")
+        for h in history(s, r.id):
+            table.add_row(
+                str(h["round"]), str(h["status"]), str(h["accepted"]), str(h["rejected"]),
+                _f(h.get("train_loss")), _f(h.get("central_accuracy")),
+                _f(h.get("federated_accuracy")), _f(h.get("personalized_accuracy")),
+                _f(h.get("wait_s"), 2), _f(None if h["merge_s"] is None else 1e3 * h["merge_s"], 1),
+            )
+        console.print(table)
+        for e in repo.events_of(s, r.id):
+            console.print(f"{e.at:%H:%M:%S} {e.kind}: {e.message}")
+
+
+def export_run(db: str | None, out_dir: Path, run: str, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    with _session(db, out_dir) as s:
+        r = _run_or_exit(s, run)
+        last = repo.last_committed_round(s, r.id)
+        rows = history(s, r.id)
+        config = dict(r.config)
+    written = []
+    stem = f"fedmerge-{r.id[:8]}"
+    if last is not None and last.checkpoint_path and last.checkpoint_sha256:
+        ck = load_checkpoint(Path(last.checkpoint_path), last.checkpoint_sha256)
+        model = dest / f"{stem}-model.safetensors"
+        save_file(ck.params, str(model), metadata={"run": r.id, "round": str(last.number)})
+        written.append(model)
+    csv_path = dest / f"{stem}-history.csv"
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "round", k))
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    json_path = dest / f"{stem}-history.json"
+    json_path.write_text(json.dumps({"run": r.id, "config": config, "rounds": rows}, indent=1))
+    return [*written, csv_path, json_path]
+
+
+def _f(x: object, digits: int = 4) -> str:
+    return "-" if x is None else f"{float(x):.{digits}f}"  # type: ignore[arg-type]

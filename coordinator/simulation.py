@@ -1,0 +1,86 @@
+"""Flower's simulation engine (Ray) on this machine, driven from Python: for the demo,
+the benchmarks and the tests. ``flwr run .`` runs the same ServerApp and ClientApp."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.config import MergeConfig
+from coordinator.federation import FederationResult, run_federation
+from coordinator.store import RoundRecord
+
+# Flower phones home and installs run dependencies with `uv sync` unless told not to; Ray
+# binds its servers to every interface unless its node IP is loopback (FLOWER-1.42.md).
+QUIET_LOCAL_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def use_loopback_env() -> None:
+    for key, value in QUIET_LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def simulate(
+    cfg: MergeConfig,
+    *,
+    num_clients: int,
+    client_app: ClientApp | None = None,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    total_cpus: int | None = None,
+    on_commit: Callable[[RoundRecord], None] | None = None,
+    verbose: bool = False,
+) -> FederationResult:
+    """Run ``cfg`` on ``num_clients`` simulated SuperNodes; returns the federation's result
+    (raises what the coordinator raised)."""
+    use_loopback_env()
+    from flwr.simulation import run_simulation  # after the environment is set
+
+    if client_app is None:
+        from client.client_app import app as client_app
+
+    outcome: dict[str, object] = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        try:
+            outcome["result"] = run_federation(
+                grid, cfg, flower_run_id=context.run_id, on_commit=on_commit
+            )
+        except BaseException as exc:  # run_simulation logs and swallows: carry it out
+            outcome["error"] = exc
+            raise
+
+    cpus = total_cpus or os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": 1 if client_gpus > 0 else 0,
+            "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "logging_level": "info" if verbose else "error",
+            "log_to_driver": verbose,
+        },
+    }
+    run_simulation(
+        server_app=server, client_app=client_app, num_supernodes=num_clients,
+        backend_config=backend, verbose_logging=verbose,
+    )
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    if "result" not in outcome:
+        raise RuntimeError("the simulation ended without running the coordinator")
+    return outcome["result"]  # type: ignore[return-value]

@@ -1,0 +1,127 @@
+"""MergeStrategy on fake replies: the merge, the rejections, what the observer hears."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.serverapp.strategy import FedAvg
+
+from aggregation import ServerState, WeightedMean, adam, make_combiner, sgd
+from coordinator.strategy import MergeReport, MergeStrategy, RoundObserver
+from tests.utils.replies import error_reply, reply
+
+rng = np.random.default_rng(0)
+THETA = {
+    "w": rng.normal(size=(4, 3)).astype(np.float32),
+    "b": rng.normal(size=3).astype(np.float32),
+}
+
+
+class Recorder(RoundObserver):
+    def __init__(self) -> None:
+        self.reports: list[MergeReport] = []
+
+    def merged(self, report: MergeReport, state: ServerState) -> None:
+        self.reports.append(report)
+
+
+def make_strategy(optimizer=None, combiner=None, **kw) -> tuple[MergeStrategy, Recorder]:
+    params = {k: torch.from_numpy(v.copy()) for k, v in THETA.items()}
+    opt = optimizer or sgd(lr=1.0)
+    rec = Recorder()
+    strategy = MergeStrategy(
+        state=ServerState(params, opt.init(params)), combiner=combiner or WeightedMean(),
+        optimizer=opt, observer=rec, **kw,
+    )
+    return strategy, rec
+
+
+def replies_for(arrays: list[dict[str, np.ndarray]], examples: list[int] | None = None) -> list:
+    examples = examples or [10] * len(arrays)
+    return [reply(a, examples=n, node=i + 1)
+            for i, (a, n) in enumerate(zip(arrays, examples, strict=True))]
+
+
+def offsets(k: int) -> list[dict[str, np.ndarray]]:
+    return [{n: rng.normal(size=v.shape).astype(np.float32) for n, v in THETA.items()}
+            for _ in range(k)]
+
+
+def test_sgd_lr1_equals_flowers_fedavg_on_the_same_replies() -> None:
+    offs, examples = offsets(5), [10, 50, 7, 33, 100]
+    strategy, _ = make_strategy()
+    arrays, metrics = strategy.aggregate_train(1, replies_for(offs, examples))
+    models = [{k: THETA[k] + o[k] for k in THETA} for o in offs]
+    flower, _ = FedAvg().aggregate_train(1, replies_for(models, examples))
+    for k in THETA:
+        ours = arrays[k].numpy()
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, flower[k].numpy(), atol=1e-6)
+    assert metrics["num-examples"] == sum(examples)
+
+
+def test_bad_replies_are_skipped_and_the_round_goes_on() -> None:
+    good = offsets(2)
+    bad_nan = {**good[0], "b": np.array([np.nan, 0, 0], np.float32)}
+    replies = [
+        reply(good[0], examples=10, node=1),
+        reply(bad_nan, examples=10, node=2),
+        reply({"w": good[0]["w"]}, examples=10, node=3),  # missing tensor
+        reply({**good[0], "w": np.zeros((3, 4), np.float32)}, node=4),  # wrong shape
+        reply(good[0], examples=0, node=5),
+        error_reply(6, "CUDA out of memory"),
+        reply(good[1], examples=30, node=7),
+    ]
+    strategy, rec = make_strategy()
+    arrays, _ = strategy.aggregate_train(1, replies)
+    expected = {k: THETA[k] + (10 * good[0][k] + 30 * good[1][k]) / 40 for k in THETA}
+    for k in THETA:
+        np.testing.assert_allclose(arrays[k].numpy(), expected[k], atol=1e-6)
+    report = rec.reports[-1]
+    reasons = {c.node_id: c.reason for c in report.clients if not c.accepted}
+    assert set(reasons) == {"2", "3", "4", "5", "6"}
+    assert "non-finite" in reasons["2"] and "missing" in reasons["3"]
+    assert "shape" in reasons["4"] and "num-examples" in reasons["5"]
+    assert "CUDA out of memory" in reasons["6"]
+    assert report.accepted == 2 and strategy.state.round == 1
+
+
+def test_no_accepted_update_leaves_theta_unchanged() -> None:
+    strategy, rec = make_strategy()
+    arrays, metrics = strategy.aggregate_train(1, [error_reply(1, "boom")])
+    assert arrays is None and metrics is None
+    for k in THETA:
+        np.testing.assert_array_equal(strategy.state.params[k].numpy(), THETA[k])
+    assert strategy.state.round == 1 and rec.reports[-1].accepted == 0
+
+
+def test_norm_bound_relative_to_the_round_median() -> None:
+    offs = offsets(4)
+    huge = {k: 100 * v for k, v in offs[0].items()}
+    strategy, rec = make_strategy(max_norm_ratio=3.0)
+    strategy.aggregate_train(1, replies_for([*offs, huge]))
+    rejected = [c for c in rec.reports[-1].clients if not c.accepted]
+    assert [c.node_id for c in rejected] == ["5"]
+    assert "x the round's median" in rejected[0].reason
+
+
+def test_adam_keeps_float32_and_counts_its_own_steps() -> None:
+    strategy, _ = make_strategy(optimizer=adam(lr=0.1))
+    for r in (1, 2, 3):
+        arrays, _ = strategy.aggregate_train(r, replies_for(offsets(3)))
+        assert all(arrays[k].numpy().dtype == np.float32 for k in THETA)
+    assert strategy.state.opt_state.step == 3
+    assert all(t.dtype == torch.float32 for t in strategy.state.opt_state.slots["v"].values())
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "multi-krum"])
+def test_robust_combiners_ignore_one_hostile_client(name: str) -> None:
+    base = offsets(1)[0]
+    honest = [{k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in base.items()}
+              for _ in range(6)]
+    hostile = {k: -10 * v for k, v in base.items()}
+    strategy, _ = make_strategy(combiner=make_combiner(name, trim_beta=0.2, byzantine=1))
+    arrays, _ = strategy.aggregate_train(1, replies_for([*honest, hostile]))
+    for k in THETA:
+        np.testing.assert_allclose(arrays[k].numpy(), THETA[k] + base[k], atol=0.05)
