@@ -32,7 +32,9 @@ def demo(
     mode: Annotated[str, typer.Option(help="global | personal")] = "global",
     optimizer: Annotated[str, typer.Option(help="sgd | momentum | adagrad | adam | yogi")] = "adam",
     server_lr: Annotated[float, typer.Option(help="Server step size.")] = 0.05,
-    combiner: Annotated[str, typer.Option(help="mean | median | trimmed-mean | krum | multi-krum | fisher")] = "mean",
+    combiner: Annotated[
+        str, typer.Option(help="mean | fisher | median | trimmed-mean | krum | multi-krum")
+    ] = "mean",
     partition: Annotated[str, typer.Option(help="iid | dirichlet | pathological")] = "dirichlet",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     model: Annotated[str, typer.Option(help="mlp | cnn")] = "mlp",

@@ -85,8 +85,9 @@ class RoundLedger(RoundObserver):
             assert self.state is not None
             loss, acc, n = self.central_eval(self.state)
             if self.state.round == 0:
+                initial = EvaluationRecord("central", loss, acc, n)
                 with self.sessions.begin() as s:
-                    repo.add_evaluation(s, self.run_id, 0, EvaluationRecord("central", loss, acc, n))
+                    repo.add_evaluation(s, self.run_id, 0, initial)
             return MetricRecord({"central-loss": loss, "central-acc": acc})
         r = self._open
         assert r.report is not None and r.state is not None

@@ -97,8 +97,16 @@ class MergeStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.observer.round_started(self.global_round(server_round))
-        return super().configure_train(server_round, arrays, config, grid)
+        number = self.global_round(server_round)
+        self.observer.round_started(number)
+        # Clients see the run's round number (it seeds their local SGD), not Flower's
+        # count, which starts again at 1 when a run resumes.
+        return super().configure_train(number, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return super().configure_evaluate(self._state.round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
