@@ -128,7 +128,9 @@ class FisherWeightedMean(OffsetCombiner):
                     den[k].add_(fisher, alpha=u.weight)
                 sent.add(k)
             n += 1
-        out = {k: num[k].div_(den[k].clamp_min_(self.eps)) for k in template if k in sent}
+        # eps must survive the buffer's dtype: 1e-8 is 0 in float16, and 0/0 is NaN.
+        floor = {k: max(self.eps, torch.finfo(t.dtype).tiny) for k, t in den.items()}
+        out = {k: num[k].div_(den[k].clamp_min_(floor[k])) for k in template if k in sent}
         return CombineResult(out, n)
 
 
@@ -209,7 +211,8 @@ class Krum(OffsetCombiner):
         scales = [clip_factor(u.offset, self.clip_norm) for u in ups]
         dist = torch.zeros(k, k, dtype=torch.float64)
         for name in template:
-            x = torch.stack([u.offset[name].reshape(-1) * s for u, s in zip(ups, scales)])
+            rows = [u.offset[name].reshape(-1) * s for u, s in zip(ups, scales, strict=True)]
+            x = torch.stack(rows)  # (K, numel)
             dist += torch.cdist(x.double(), x.double()).square()  # (K, K)
         nearest = k - self.byzantine - 2
         # Row i's smallest value is its zero self-distance: skip it.

@@ -2,7 +2,7 @@
 
 A ``ServerOptimizer`` is a pair of functions, as in fedjax: ``init(params)`` makes the
 state, ``step(params, grads, state)`` updates ``params`` in place and returns the new
-state. Arithmetic runs as torch ``_foreach_`` kernels over the whole tensor list, in
+state. ``grads`` is the round's scratch buffer: a step may overwrite it. Arithmetic runs as torch ``_foreach_`` kernels over the whole tensor list, in
 the parameters' dtype. ``grads`` may hold only some tensors (partial sub-models): the
 others, and their optimizer slots, do not move.
 
@@ -13,6 +13,7 @@ update, with Delta = -g:
     v <- b2 v + (1 - b2) Delta^2                      (Adam)
     v <- v - (1 - b2) Delta^2 sign(v - Delta^2)       (Yogi)
     theta <- theta + lr m_hat / (sqrt(v_hat) + tau)
+(the code keeps m for g = -Delta and subtracts, which is the same step.)
 m_hat, v_hat are bias-corrected with the optimizer's own step count t (1, 2, ...) when
 ``bias_correction`` is on (Adam and Yogi by default), else m and v themselves.
 """

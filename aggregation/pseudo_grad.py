@@ -19,5 +19,6 @@ def objective_gradient(mean_offset: Params, *, scale: float = 1.0) -> Params:
     ``mean_offset`` is sum_i w_i theta_i with w_i normalised to sum 1 (per tensor, over
     the clients that sent it). ``scale`` is lam in ``personal`` mode, 1 in ``global``.
     """
-    torch._foreach_mul_(list(mean_offset.values()), -scale)
+    if mean_offset:  # _foreach_ kernels reject an empty list; nothing sent, nothing moves
+        torch._foreach_mul_(list(mean_offset.values()), -scale)
     return mean_offset
