@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data import ClientData, PartitionSpec, load_partition
 from client.models import build_model
 from client.task import ClientTask
-from client.trainer import evaluate, load_params, pick_device, train_offset
+from client.trainer import diagonal_fisher, evaluate, load_params, pick_device, train_offset
 
 OFFSET_STATE_KEY = "personal-offset"
 
@@ -39,6 +39,21 @@ def _node_data(context: Context, task: ClientTask) -> tuple[int, ClientData]:
     return pid, load_partition(spec, pid)
 
 
+def _trainable(context: Context, model: torch.nn.Module) -> list[str] | None:
+    """Node config ``train-tensors``: comma-separated tensor names or name prefixes
+    ("fc2" is fc2.weight and fc2.bias). This worker trains and sends only those."""
+    spec = str(context.node_config.get("train-tensors", "")).strip()
+    if not spec:
+        return None
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    names = [n for n, _ in model.named_parameters()]
+    chosen = [n for n in names if any(n == w or n.startswith(w + ".") for w in wanted)]
+    unmatched = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n in names)]
+    if unmatched or not chosen:
+        raise ValueError(f"train-tensors {unmatched or wanted} match no tensor of {names}")
+    return chosen
+
+
 def _stored_offset(context: Context) -> dict[str, torch.Tensor] | None:
     if OFFSET_STATE_KEY not in context.state:
         return None
@@ -54,6 +69,7 @@ def train(msg: Message, context: Context) -> Message:
     theta = msg.content["arrays"].to_torch_state_dict()
     model = build_model(task.model)
     personal = task.mode == "personal"
+    trainable = _trainable(context, model)
 
     metrics: dict[str, float | int] = {}
     _, metrics["shared-acc"] = evaluate(load_params(model, theta), data.x_val, data.y_val, device)
@@ -63,6 +79,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal=task.proximal_coefficient, device=device,
         seed=int(np.random.SeedSequence([task.seed, pid, server_round]).generate_state(1)[0]),
         warm_offset=_stored_offset(context) if personal else None,
+        trainable=trainable,
     )
     if personal:
         context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
@@ -75,6 +92,13 @@ def train(msg: Message, context: Context) -> Message:
         "device-cuda": int(device.type == "cuda"),
     })
     content = RecordDict({"arrays": ArrayRecord(result.offset), "metrics": MetricRecord(metrics)})
+    if trainable is not None:
+        content["manifest"] = ConfigRecord({"tensors": trainable})
+    if task.combiner == "fisher":
+        fisher = diagonal_fisher(
+            model, data.x_train, data.y_train, device, names=trainable, seed=task.seed
+        )
+        content["fisher"] = ArrayRecord(fisher)
     return Message(content=content, reply_to=msg)
 
 

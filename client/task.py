@@ -23,6 +23,7 @@ class ClientTask:
     prox_mu: float = 0.0
     lam: float = 1.0
     device: str = "auto"
+    combiner: str = "mean"  # "fisher": also send a diagonal Fisher per trained tensor
 
     @classmethod
     def config_keys(cls) -> list[str]:

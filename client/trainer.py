@@ -50,14 +50,18 @@ def train_offset(
     device: torch.device,
     seed: int,
     warm_offset: Params | None = None,
+    trainable: list[str] | None = None,
 ) -> TrainResult:
+    """Train ``model`` from theta (+ ``warm_offset``); only the ``trainable`` tensors move
+    (all when None) and only they are in the returned offset."""
     t0 = time.perf_counter()
     model.to(device).train()
     anchor = {k: t.to(device) for k, t in theta.items()}
     warm = {k: t.to(device) for k, t in (warm_offset or {}).items()}
     load_params(model, anchor, warm)
-    params = [p for _, p in model.named_parameters()]
-    anchors = [anchor[n] for n, _ in model.named_parameters()]
+    named = [(n, p) for n, p in model.named_parameters() if trainable is None or n in trainable]
+    params = [p for _, p in named]
+    anchors = [anchor[n] for n, _ in named]
     opt = torch.optim.SGD(params, lr=lr)
     xt = torch.from_numpy(x).to(device)
     yt = torch.from_numpy(y).to(device)
@@ -83,7 +87,7 @@ def train_offset(
             steps += 1
         epoch_loss = float(total) / len(xt)  # one sync per epoch
     with torch.no_grad():
-        offset = {n: (p.detach() - anchor[n]).cpu() for n, p in model.named_parameters()}
+        offset = {n: (p.detach() - anchor[n]).cpu() for n, p in named}
     return TrainResult(offset, epoch_loss, time.perf_counter() - t0, steps)
 
 
@@ -108,3 +112,28 @@ def load_params(model: nn.Module, params: Params, offset: Params | None = None) 
             if offset is not None and name in offset:
                 p.add_(offset[name])
     return model
+
+
+def diagonal_fisher(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, *,
+    names: list[str] | None = None, max_examples: int = 256, seed: int = 0,
+) -> Params:
+    """The empirical diagonal Fisher of ``model`` at its current parameters: the mean over
+    examples of the squared per-example gradient of the log-likelihood (Matena and Raffel
+    2022 use it to weight each client's parameters per coordinate). Per-example gradients
+    come from torch.func (vmap over grad), on at most ``max_examples`` examples."""
+    from torch.func import functional_call, grad, vmap
+
+    model.to(device).eval()
+    params = {n: p.detach() for n, p in model.named_parameters() if names is None or n in names}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in params}
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))[:max_examples]
+    xt, yt = torch.from_numpy(x[idx]).to(device), torch.from_numpy(y[idx]).to(device)
+
+    def nll(p: Params, xi: Tensor, yi: Tensor) -> Tensor:
+        logits = functional_call(model, {**p, **frozen}, (xi.unsqueeze(0),))  # (1, C)
+        return nn.functional.cross_entropy(logits, yi.unsqueeze(0))
+
+    per_example = vmap(grad(nll), in_dims=(None, 0, 0))(params, xt, yt)  # name -> (B, *shape)
+    return {n: g.square().mean(0).cpu() for n, g in per_example.items()}

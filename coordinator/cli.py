@@ -114,6 +114,27 @@ def export(
         typer.echo(path)
 
 
+@app.command()
+def dashboard(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; non-loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when set."),
+    ] = None,
+    out_dir: OutDir = DEFAULT_OUT,
+    db: Db = "",
+) -> None:
+    """Serve the read-only web dashboard over the run store."""
+    from coordinator.store import resolve_db_url
+    from dashboard.server import serve
+
+    serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host, port=port,
+          token=token)
+
+
 def _pairs(items: list[str]) -> dict[str, object]:
     import tomllib
 
