@@ -2,9 +2,10 @@
 
 A ``ServerOptimizer`` is a pair of functions, as in fedjax: ``init(params)`` makes the
 state, ``step(params, grads, state)`` updates ``params`` in place and returns the new
-state. ``grads`` is the round's scratch buffer: a step may overwrite it. Arithmetic runs as torch ``_foreach_`` kernels over the whole tensor list, in
-the parameters' dtype. ``grads`` may hold only some tensors (partial sub-models): the
-others, and their optimizer slots, do not move.
+state. ``grads`` is the round's scratch buffer: a step may overwrite it. Arithmetic runs
+as torch ``_foreach_`` kernels over the whole tensor list, in the parameters' dtype.
+``grads`` may hold only some tensors (partial sub-models): the others, and their
+optimizer slots, do not move.
 
 Adagrad, Adam and Yogi share one adaptive step and differ only in the second-moment
 update, with Delta = -g:
