@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data import ClientData, PartitionSpec, load_partition
+from client.datasets import load_client_data
 from client.models import build_model
 from client.task import ClientTask
 from client.trainer import diagonal_fisher, evaluate, load_params, pick_device, train_offset
@@ -21,22 +21,6 @@ from client.trainer import diagonal_fisher, evaluate, load_params, pick_device, 
 OFFSET_STATE_KEY = "personal-offset"
 
 app = ClientApp()
-
-
-def _node_data(context: Context, task: ClientTask) -> tuple[int, ClientData]:
-    try:
-        pid = int(context.node_config["partition-id"])
-        num = int(context.node_config["num-partitions"])
-    except KeyError as exc:
-        raise ValueError(
-            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>'"
-        ) from None
-    spec = PartitionSpec(
-        task.partition, num, seed=task.seed, alpha=task.dirichlet_alpha,
-        classes_per_client=task.classes_per_client,
-    )
-    return pid, load_partition(spec, pid)
 
 
 def _trainable(context: Context, model: torch.nn.Module) -> list[str] | None:
@@ -64,7 +48,7 @@ def _stored_offset(context: Context) -> dict[str, torch.Tensor] | None:
 def train(msg: Message, context: Context) -> Message:
     task = ClientTask.from_config(msg.content["config"])
     server_round = int(msg.content["config"]["server-round"])
-    pid, data = _node_data(context, task)
+    pid, data = load_client_data(task, context.node_config)
     device = pick_device(task.device)
     theta = msg.content["arrays"].to_torch_state_dict()
     model = build_model(task.model)
@@ -106,7 +90,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_shared(msg: Message, context: Context) -> Message:
     """Local validation metrics of theta, and in personal mode of theta + theta_i."""
     task = ClientTask.from_config(msg.content["config"])
-    pid, data = _node_data(context, task)
+    pid, data = load_client_data(task, context.node_config)
     device = pick_device(task.device)
     model = load_params(build_model(task.model), msg.content["arrays"].to_torch_state_dict())
     loss, acc = evaluate(model, data.x_val, data.y_val, device)

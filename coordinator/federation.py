@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from sqlalchemy.orm import Session
 
 from aggregation import OptimizerState, ServerState, make_combiner, make_optimizer
-from client.data import digits_split
+from client.datasets import central_test_set
 from client.models import build_model
 from client.task import ClientTask
 from client.trainer import evaluate, load_params
@@ -72,7 +72,7 @@ def run_federation(
     else:
         run_id, state = _start(sessions, cfg, flower_run_id)
 
-    x_test, y_test = digits_split()[2:]
+    x_test, y_test = central_test_set(cfg.dataset)
     model = build_model(cfg.model)
 
     def central_eval(s: ServerState) -> tuple[float, float, int]:
