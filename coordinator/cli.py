@@ -152,3 +152,7 @@ def _pairs(items: list[str]) -> dict[str, object]:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
