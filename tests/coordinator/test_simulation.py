@@ -23,8 +23,10 @@ def _rows(db_url: str, run_id: str):
     return rounds, evals, updates
 
 
-def test_five_clients_reach_90_percent_within_10_rounds(tmp_path: Path) -> None:
+def test_five_clients_reach_90_percent_within_10_rounds(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on PostgreSQL: the same code path."""
     cfg = parse_run_config({
+        "db": db_url,
         "num-server-rounds": 10, "num-clients": 5, "min-nodes": 5, "optimizer": "adam",
         "server-lr": 0.05, "partition": "dirichlet", "dirichlet-alpha": 0.5,
         "out-dir": str(tmp_path),
@@ -33,6 +35,7 @@ def test_five_clients_reach_90_percent_within_10_rounds(tmp_path: Path) -> None:
     result = simulate(cfg, num_clients=5, on_commit=lambda r: committed.append(r.number))
     assert committed == list(range(1, 11))
     rounds, evals, updates = _rows(result.db_url, result.run_id)
+    assert result.db_url == db_url
     assert [r.number for r in rounds] == list(range(1, 11))
     assert all(r.status == "committed" and r.num_accepted == 5 for r in rounds)
     central = {e.round_number: e.accuracy for e in evals if e.kind == "central"}
