@@ -51,3 +51,9 @@ def test_round_config_carries_exactly_the_client_task() -> None:
     assert sorted(record) == sorted(ClientTask.config_keys())
     task = ClientTask.from_config(record)
     assert (task.local_epochs, task.mode, task.proximal_coefficient) == (4, "personal", 0.5)
+
+
+def test_readme_documents_every_key() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in MergeConfig().as_run_config() if f"`{k}`" not in readme]
+    assert missing == []
