@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,17 +33,18 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     except (ConfigError, ResumeError, StoreError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    # The table says what the logs would; rejections and failures are in the store.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     url = resolve_db_url(cfg.db or None, cfg.out_path)
     server = _start_dashboard(url, dashboard_port) if dashboard_port else None
 
-    table = Table("round", "accepted", "rejected", "train loss", "central acc", "fed acc",
-                  "personal acc", "seconds", title="fedmerge rounds")
+    table = Table("round", "merged", "rejected", "train loss", "central", "federated",
+                  "personal", "s", title="accuracy per round")
     progress = Progress(
-        TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
     )
-    task = progress.add_task("rounds", total=cfg.num_server_rounds)
+    task = progress.add_task("starting Ray and the clients", total=cfg.num_server_rounds)
 
     def on_commit(rec: RoundRecord) -> None:
         ev = {e.kind: e for e in rec.evaluations}
@@ -53,11 +55,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
         )
-        progress.update(task, completed=rec.number)
-        progress.console.print(
-            f"round {rec.number:>3}: central acc {_fmt(_acc(ev, 'central'))}, "
-            f"{ok}/{len(rec.updates)} updates merged"
-        )
+        progress.update(task, completed=rec.number, description="rounds")
 
     console.print(
         f"[bold]fedmerge demo[/bold]: {cfg.num_clients} clients, digits ({cfg.partition}"
@@ -68,7 +66,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     if server:
         console.print(f"dashboard: [link]http://127.0.0.1:{dashboard_port}/[/link]")
     try:
-        with progress:
+        with Live(Group(table, progress), console=console, refresh_per_second=4):
             result = simulate(cfg, num_clients=cfg.num_clients, on_commit=on_commit)
     except Exception as exc:  # noqa: BLE001 - the user sees it, the store recorded it
         console.print(f"[red]the run failed:[/red] {type(exc).__name__}: {exc}")
@@ -76,9 +74,8 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     finally:
         if server:
             server.should_exit = True
-    console.print(table)
     console.print(
-        f"final central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
+        f"\nfinal central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
         f"{result.rounds} rounds (run {result.run_id})\n"
         f"database: {result.db_url}\ncheckpoints: {cfg.out_path / 'checkpoints' / result.run_id}\n"
         f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}"

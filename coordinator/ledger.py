@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, MetricRecord
+from flwr.common import log
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation import ServerState
@@ -117,6 +119,12 @@ class RoundLedger(RoundObserver):
         with self.sessions.begin() as s:
             repo.commit_round(s, self.run_id, record)
         self._open = None
+        log(
+            INFO, "round %s: %s/%s clients merged, train loss %.4f, central acc %.4f, %.2f s",
+            r.number, r.report.accepted, len(r.report.clients),
+            r.report.train_metrics.get("train-loss", float("nan")), acc,
+            (record.finished_at - record.started_at).total_seconds(),
+        )
         if self.on_commit is not None:
             self.on_commit(record)
         return MetricRecord({"central-loss": loss, "central-acc": acc})
