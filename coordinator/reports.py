@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
@@ -37,12 +37,15 @@ def _run_or_exit(s: Session, run: str):
 
 
 def print_runs(db: str | None, out_dir: Path) -> None:
-    table = Table("run", "name", "status", "mode", "optimizer", "combiner", "rounds", "started")
+    table = Table(
+        Column("run", no_wrap=True, min_width=8), "name", "status", "mode", "optimizer",
+        "combiner", Column("rounds", no_wrap=True), Column("started", no_wrap=True),
+    )
     with _session(db, out_dir) as s:
         for r in repo.list_runs(s):
             done = repo.count_committed_rounds(s, r.id)
             table.add_row(r.id[:8], r.name, r.status, r.mode, r.optimizer, r.combiner,
-                          f"{done}/{r.num_rounds_planned}", f"{r.started_at:%Y-%m-%d %H:%M:%S}")
+                          f"{done}/{r.num_rounds_planned}", f"{r.started_at:%m-%d %H:%M}")
     console.print(table)
 
 
@@ -70,16 +73,23 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
         r = _run_or_exit(s, run)
         console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
                       f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
-        table = Table("round", "status", "ok", "rej", "train loss", "central acc", "fed acc",
-                      "personal acc", "wait s", "merge ms")
+        table = Table("round", "ok", "rej", "loss", "central", "fed", "personal", "wait s",
+                      "merge ms", caption="accuracy: central (held-out), federated, personalized")
         for h in history(s, r.id):
+            status = "" if h["status"] == "committed" else f" {h['status']}"
+            merge_ms = None if h["merge_s"] is None else 1e3 * h["merge_s"]  # type: ignore[operator]
             table.add_row(
-                str(h["round"]), str(h["status"]), str(h["accepted"]), str(h["rejected"]),
-                _f(h.get("train_loss")), _f(h.get("central_accuracy")),
-                _f(h.get("federated_accuracy")), _f(h.get("personalized_accuracy")),
-                _f(h.get("wait_s"), 2), _f(None if h["merge_s"] is None else 1e3 * h["merge_s"], 1),
+                f"{h['round']}{status}", str(h["accepted"]), str(h["rejected"]),
+                _f(h.get("train_loss"), 3), _f(h.get("central_accuracy"), 3),
+                _f(h.get("federated_accuracy"), 3), _f(h.get("personalized_accuracy"), 3),
+                _f(h.get("wait_s"), 2), _f(merge_ms, 1),
             )
         console.print(table)
+        rejected = [u for u in repo.updates_of(s, r.id) if not u.accepted]
+        for u in rejected[:20]:
+            console.print(f"round {u.round_number} node {u.node_id} rejected: {u.reason}")
+        if len(rejected) > 20:
+            console.print(f"... and {len(rejected) - 20} more rejected updates")
         for e in repo.events_of(s, r.id):
             console.print(f"{e.at:%H:%M:%S} {e.kind}: {e.message}")
 
