@@ -58,6 +58,7 @@ class OffsetCombiner(ABC):
     """Turns the round's client updates into one offset."""
 
     streaming: bool = False
+    full_updates_only: bool = False  # True: a partial update (some tensors) can't be combined
 
     def __init__(self, *, clip_norm: float = 0.0) -> None:
         self.clip_norm = clip_norm
@@ -189,6 +190,8 @@ class Krum(OffsetCombiner):
     squared distances to its K - f - 2 nearest others, keep the ``num_selected`` best
     scored and average them by examples. ``num_selected`` = 1 is Krum; None is multi-Krum
     with m = K - f. Every client must send every tensor (distances are over the model)."""
+
+    full_updates_only = True
 
     def __init__(
         self, *, byzantine: int = 1, num_selected: int | None = 1, clip_norm: float = 0.0

@@ -56,7 +56,7 @@ def demo(
         "num-clients": clients, "num-server-rounds": rounds, "mode": mode,
         "optimizer": optimizer, "server-lr": server_lr, "combiner": combiner,
         "partition": partition, "dirichlet-alpha": alpha, "model": model, "seed": seed,
-        "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": min(clients, 2),
+        "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
     }
     overrides.update(_pairs(set_ or []))
     raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None))

@@ -27,6 +27,7 @@ from aggregation import (
     ServerState,
     objective_gradient,
 )
+from aggregation.combiners import CombinerError, CombineResult
 from coordinator.replies import DecodedReply, UpdateLimits, UpdateRejected, decode_reply
 
 
@@ -131,17 +132,33 @@ class MergeStrategy(FedAvg):
                 except UpdateRejected as exc:
                     rejected.append(self._reject(number, str(msg.metadata.src_node_id), str(exc)))
                     continue
+                partial = decoded.update.offset.keys() != template.keys()
+                if partial and self.combiner.full_updates_only:
+                    reason = (f"partial update: combiner {type(self.combiner).__name__} needs "
+                              "every tensor")
+                    rejected.append(
+                        self._reject(number, decoded.update.client_id, reason, decoded=decoded)
+                    )
+                    continue
                 accepted[decoded.update.client_id] = decoded
                 yield decoded.update
 
         t_start = time.perf_counter()
-        if self.max_norm_ratio > 0 or not self.combiner.streaming:
-            updates = list(valid_updates())  # O(K x P): said in the docs and the log
-            if self.max_norm_ratio > 0:
-                updates = self._within_median_bound(number, updates, accepted, rejected)
-            result = self.combiner.combine(updates, template)
-        else:
-            result = self.combiner.combine(valid_updates(), template)
+        try:
+            if self.max_norm_ratio > 0 or not self.combiner.streaming:
+                updates = list(valid_updates())  # O(K x P): said in the docs and the log
+                if self.max_norm_ratio > 0:
+                    updates = self._within_median_bound(number, updates, accepted, rejected)
+                result = self.combiner.combine(updates, template)
+            else:
+                result = self.combiner.combine(valid_updates(), template)
+        except CombinerError as exc:
+            # E.g. Krum with fewer than 2f + 3 valid updates once bad replies are out: the
+            # round merges nothing and says why; the run goes on with theta unchanged.
+            for cid, d in list(accepted.items()):
+                del accepted[cid]
+                rejected.append(self._reject(number, cid, f"not merged: {exc}", decoded=d))
+            result = CombineResult({}, 0, {"error": str(exc)})
 
         outcomes = rejected + [
             ClientOutcome(cid, True, None, d.update.weight, d.norm, d.metrics)
@@ -170,9 +187,15 @@ class MergeStrategy(FedAvg):
         return arrays, (MetricRecord(train_metrics) if arrays is not None else None)
 
     @staticmethod
-    def _reject(number: int, node: str, reason: str, **known: float) -> ClientOutcome:
+    def _reject(
+        number: int, node: str, reason: str, *, decoded: DecodedReply | None = None
+    ) -> ClientOutcome:
         log(WARNING, "round %s: rejected update from node %s: %s", number, node, reason)
-        return ClientOutcome(node, False, reason, known.get("examples"), known.get("norm"))
+        if decoded is None:
+            return ClientOutcome(node, False, reason)
+        return ClientOutcome(
+            node, False, reason, decoded.update.weight, decoded.norm, decoded.metrics
+        )
 
     def _within_median_bound(
         self, number: int, updates: list[ClientUpdate], accepted: dict[str, DecodedReply],
@@ -189,10 +212,10 @@ class MergeStrategy(FedAvg):
             if norm <= bound:
                 kept.append(u)
                 continue
-            del accepted[u.client_id]
+            decoded = accepted.pop(u.client_id)
             reason = (f"offset norm {norm:.4g} exceeds max-norm-ratio {self.max_norm_ratio} "
                       f"x the round's median {median:.4g}")
-            rejected.append(self._reject(number, u.client_id, reason, examples=u.weight, norm=norm))
+            rejected.append(self._reject(number, u.client_id, reason, decoded=decoded))
         return kept
 
     def aggregate_evaluate(

