@@ -1,0 +1,138 @@
+"""Server-side SVG plots of a run, drawn with matplotlib's object API (no pyplot state).
+
+Every data line carries a ``gid`` (``central-accuracy``, ``federated-loss``, ...): in the
+SVG it becomes ``<g id=...>`` around the line and one ``<use>`` per marker, so a test
+(or a reader) can count the points. The SVG starts at ``<svg``, so it can be inlined.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Sequence
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from dashboard.schemas import EvaluationPublic, RoundPublic
+
+KINDS = ("central", "federated", "personalized")
+KIND_STYLE = {  # color, marker
+    "central": ("#2563eb", "o"),
+    "federated": ("#16a34a", "s"),
+    "personalized": ("#d97706", "^"),
+}
+PHASES = ("send", "wait", "merge", "evaluate")
+PHASE_COLORS = ("#93c5fd", "#cbd5e1", "#2563eb", "#f59e0b")
+SIZE_IN = (6.4, 3.4)
+RC = {
+    "svg.fonttype": "none",  # text stays text: smaller, crisp, selectable
+    "font.family": "sans-serif",
+    "font.size": 9.0,
+    "axes.edgecolor": "#94a3b8",
+    "axes.labelcolor": "#334155",
+    "axes.titlesize": 11.0,
+    "axes.titleweight": "bold",
+    "axes.titlecolor": "#0f172a",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e2e8f0",
+    "xtick.color": "#475569",
+    "ytick.color": "#475569",
+    "legend.frameon": False,
+}
+
+# matplotlib's font and text caches are shared by every figure: draw one at a time.
+_LOCK = threading.Lock()
+
+
+def _render(name: str, draw: Callable[[Axes], None]) -> str:
+    with _LOCK, matplotlib.rc_context({**RC, "svg.hashsalt": name}):
+        fig = Figure(figsize=SIZE_IN, layout="constrained")
+        draw(fig.add_subplot())
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def _empty(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", color="#64748b",
+            transform=ax.transAxes)
+
+
+def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None:
+    drawn = False
+    for kind in KINDS:
+        points = [
+            (e.round_number, value)
+            for e in evals
+            if e.kind == kind and (value := getattr(e, metric)) is not None
+        ]
+        if not points:
+            continue
+        color, marker = KIND_STYLE[kind]
+        (line,) = ax.plot(*zip(*points, strict=True), color=color, marker=marker,
+                          markersize=5, linewidth=1.8, label=kind, clip_on=False)
+        line.set_gid(f"{kind}-{metric}")
+        drawn = True
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if drawn:
+        ax.legend(loc="best")
+    else:
+        _empty(ax, "evaluations")
+
+
+def accuracy_svg(evals: Sequence[EvaluationPublic]) -> str:
+    """Accuracy per round: central (round 0 = the initial model), federated, personalized."""
+
+    def draw(ax: Axes) -> None:
+        _per_round(ax, evals, "accuracy")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy per round")
+
+    return _render("accuracy", draw)
+
+
+def loss_svg(evals: Sequence[EvaluationPublic]) -> str:
+    def draw(ax: Axes) -> None:
+        _per_round(ax, evals, "loss")
+        ax.set_ylabel("loss")
+        ax.set_title("Loss per round")
+
+    return _render("loss", draw)
+
+
+def durations_svg(rounds: Sequence[RoundPublic]) -> str:
+    """Each committed round's wall time, stacked by phase: send, wait, merge, evaluate."""
+    done = [r for r in rounds if r.status == "committed"]
+
+    def draw(ax: Axes) -> None:
+        numbers = [r.number for r in done]
+        bottom = [0.0] * len(done)
+        for phase, color in zip(PHASES, PHASE_COLORS, strict=True):
+            heights = [getattr(r, f"{phase}_s") or 0.0 for r in done]
+            bars = ax.bar(numbers, heights, bottom=bottom, color=color, label=phase, width=0.7)
+            for number, bar in zip(numbers, bars, strict=True):
+                bar.set_gid(f"duration-{phase}-r{number}")
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.set_xlabel("round")
+        ax.set_ylabel("seconds")
+        ax.set_title("Round duration by phase")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(axis="x", visible=False)
+        if done:
+            ax.legend(loc="upper left", ncols=4, bbox_to_anchor=(0.0, 1.0))
+            ax.set_ylim(0.0, max(bottom) * 1.25 or 1.0)
+        else:
+            _empty(ax, "committed rounds")
+
+    return _render("durations", draw)
+
+
+PLOT_NAMES = ("accuracy", "loss", "durations")

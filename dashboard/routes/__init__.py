@@ -1,0 +1,1 @@
+"""The dashboard's routers: ``pages`` (HTML) and ``api`` (JSON), both GET-only."""

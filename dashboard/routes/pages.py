@@ -1,0 +1,79 @@
+"""The HTML pages, the plot SVGs and checkpoint downloads, from the same ``queries`` as the API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from sqlalchemy.orm import Session
+
+from dashboard import plots, queries
+from dashboard.deps import SessionDep, TemplatesDep
+from dashboard.schemas import EvaluationPublic
+
+SVG = "image/svg+xml"
+NO_STORE = {"Cache-Control": "no-store"}
+
+router = APIRouter(tags=["pages"], include_in_schema=False, default_response_class=HTMLResponse)
+
+
+def _svg(session: Session, run_id: str, name: str) -> str:
+    if name == "durations":
+        return plots.durations_svg(queries.rounds(session, run_id).data)
+    evals = queries.evaluations(session, run_id).data
+    return plots.accuracy_svg(evals) if name == "accuracy" else plots.loss_svg(evals)
+
+
+def _by_round(evals: list[EvaluationPublic]) -> dict[int, dict[str, EvaluationPublic]]:
+    table: dict[int, dict[str, EvaluationPublic]] = {}
+    for e in evals:
+        table.setdefault(e.round_number, {})[e.kind] = e
+    return table
+
+
+@router.get("/")
+def runs_page(request: Request, session: SessionDep, templates: TemplatesDep) -> Response:
+    return templates.TemplateResponse(
+        request=request,
+        name="runs.html",
+        context={"runs": queries.list_runs(session).data},
+        headers=NO_STORE,
+    )
+
+
+@router.get("/runs/{run_id}")
+def run_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: str
+) -> Response:
+    run = queries.run_detail(session, run_id)
+    evals = queries.evaluations(session, run.id).data
+    return templates.TemplateResponse(
+        request=request,
+        name="run.html",
+        context={
+            "run": run,
+            "rounds": queries.rounds(session, run.id).data,
+            "clients": queries.clients(session, run.id).data,
+            "evals": _by_round(evals),
+            "plots": {name: _svg(session, run.id, name) for name in plots.PLOT_NAMES},
+        },
+        headers=NO_STORE,
+    )
+
+
+@router.get("/runs/{run_id}/plots/{name}.svg", response_class=Response)
+def plot_svg(session: SessionDep, run_id: str, name: str) -> Response:
+    if name not in plots.PLOT_NAMES:
+        raise HTTPException(404, f"no plot {name!r}; plots are {', '.join(plots.PLOT_NAMES)}")
+    run = queries.find_run(session, run_id)
+    return Response(_svg(session, run.id, name), media_type=SVG, headers=NO_STORE)
+
+
+@router.get("/runs/{run_id}/checkpoints/{number:int}.safetensors", response_class=FileResponse)
+def checkpoint(session: SessionDep, run_id: str, number: int) -> FileResponse:
+    run = queries.find_run(session, run_id)
+    path = queries.checkpoint_file(session, run.id, number)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"fedmerge-{run.id[:8]}-round{number}.safetensors",
+    )

@@ -1,0 +1,74 @@
+"""SVG plots: one marker per evaluation, labelled lines, valid standalone SVG."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+
+from dashboard import plots
+from dashboard.schemas import EvaluationPublic, RoundPublic
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _eval(n: int, kind: str, acc: float | None, loss: float | None = 1.0) -> EvaluationPublic:
+    return EvaluationPublic(
+        round_number=n, kind=kind, loss=loss, accuracy=acc, num_examples=10, metrics={}
+    )
+
+
+def _round(n: int, status: str = "committed") -> RoundPublic:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    return RoundPublic(
+        number=n, status=status, attempts=1, started_at=t0, finished_at=t0 + timedelta(seconds=3),
+        send_s=0.5, wait_s=1.5, merge_s=0.25, evaluate_s=0.75, num_clients=3, num_accepted=3,
+        num_rejected=0, metrics={}, checkpoint_sha256=None,
+    )
+
+
+def _points(svg: str, gid: str) -> int:
+    group = ET.fromstring(svg).find(f".//{SVG_NS}g[@id='{gid}']")
+    return -1 if group is None else len(group.findall(f".//{SVG_NS}use"))
+
+
+def test_accuracy_has_one_marker_per_evaluation_and_skips_missing_values() -> None:
+    evals = [_eval(n, "central", 0.1 + 0.2 * n) for n in range(4)]
+    evals += [_eval(n, "federated", 0.2 * n) for n in (1, 2, 3)]
+    evals += [_eval(1, "personalized", None), _eval(2, "personalized", 0.7)]
+    svg = plots.accuracy_svg(evals)
+    assert _points(svg, "central-accuracy") == 4
+    assert _points(svg, "federated-accuracy") == 3
+    assert _points(svg, "personalized-accuracy") == 1
+    for text in ("Accuracy per round", "round", "accuracy", "central", "federated"):
+        assert f">{text}<" in svg
+
+
+def test_loss_lines_and_absent_kinds() -> None:
+    svg = plots.loss_svg([_eval(n, "central", 0.5, loss=2.0 / (n + 1)) for n in range(3)])
+    assert _points(svg, "central-loss") == 3
+    assert _points(svg, "federated-loss") == -1  # no data, no line
+    assert ">Loss per round<" in svg
+
+
+def test_durations_stack_four_phases_for_committed_rounds_only() -> None:
+    svg = plots.durations_svg([_round(1), _round(2), _round(3, status="running")])
+    ids = set(re.findall(r'id="(duration-[a-z]+-r\d+)"', svg))
+    assert ids == {f"duration-{p}-r{n}" for p in plots.PHASES for n in (1, 2)}
+    assert ">Round duration by phase<" in svg and ">seconds<" in svg
+
+
+def test_empty_plots_say_so() -> None:
+    assert "no evaluations yet" in plots.accuracy_svg([])
+    assert "no committed rounds yet" in plots.durations_svg([])
+
+
+def test_svg_is_standalone_and_deterministic() -> None:
+    evals = [_eval(0, "central", 0.1), _eval(1, "central", 0.5)]
+    svg = plots.accuracy_svg(evals)
+    assert svg.startswith("<svg") and ET.fromstring(svg).tag == f"{SVG_NS}svg"
+    assert svg == plots.accuracy_svg(evals)
+    # Distinct salts: two plots inlined in one page do not share marker/clip ids.
+    ids = set(re.findall(r'<(?:path|clipPath) id="([^"]+)"', svg))
+    loss_ids = set(re.findall(r'<(?:path|clipPath) id="([^"]+)"', plots.loss_svg(evals)))
+    assert ids and not ids & loss_ids
