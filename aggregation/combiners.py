@@ -36,6 +36,10 @@ class CombineResult:
     offset: Params
     num_clients: int
     diagnostics: dict[str, float | list[str]] = field(default_factory=dict)
+    # A guarding combiner's verdicts: client id -> reason (refused, not in the result),
+    # and client id -> offset norm (merged).
+    refused: dict[str, str] = field(default_factory=dict)
+    norms: dict[str, float] = field(default_factory=dict)
 
 
 def update_norm(offset: Params) -> float:
@@ -59,6 +63,9 @@ class OffsetCombiner(ABC):
 
     streaming: bool = False
     full_updates_only: bool = False  # True: a partial update (some tensors) can't be combined
+    # True: combine() itself refuses offsets with non-finite values or a norm over its
+    # bound, before they touch the result (see WeightedMean), so callers need not check.
+    guards_values: bool = False
 
     def __init__(self, *, clip_norm: float = 0.0) -> None:
         self.clip_norm = clip_norm
@@ -70,34 +77,88 @@ class OffsetCombiner(ABC):
 
 
 class WeightedMean(OffsetCombiner):
-    """The examples-weighted mean, streamed: O(P) memory, one axpy per tensor per client,
-    buffers reused across rounds."""
+    """The examples-weighted mean, streamed: O(P) memory whatever K, buffers reused across
+    rounds, and each offset read from memory once.
+
+    Validation and accumulation share that one read: per chunk of a tensor (small enough
+    to stay in cache), the squared norm is accumulated and acc + w x is written to a
+    scratch buffer. Only when the whole offset is finite and within ``max_norm`` are the
+    scratch tensors swapped in; a refused offset leaves the sum exactly as it was.
+    """
 
     streaming = True
+    guards_values = True
 
-    def __init__(self, *, clip_norm: float = 0.0) -> None:
+    def __init__(
+        self, *, clip_norm: float = 0.0, max_norm: float = 0.0, chunk: int = 1 << 18
+    ) -> None:
         super().__init__(clip_norm=clip_norm)
+        self.max_norm = max_norm
+        self.chunk = chunk  # elements per chunk on the CPU: 1 MiB of float32
         self._sum: Params = {}
+        self._scratch: Params = {}
 
-    def _buffers(self, template: Params) -> Params:
+    def _buffers(self, template: Params) -> tuple[Params, Params]:
         if not _same_layout(self._sum, template):
             self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
+            self._scratch = {k: torch.empty_like(t) for k, t in template.items()}
         else:
             torch._foreach_zero_(list(self._sum.values()))
-        return self._sum
+        return self._sum, self._scratch
 
     @torch.no_grad()
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
-        acc = self._buffers(template)
+        acc, scratch = self._buffers(template)
         weight_sum = dict.fromkeys(acc, 0.0)
-        n = 0
+        refused: dict[str, str] = {}
+        norms: dict[str, float] = {}
+        merged = 0
         for u in updates:
-            alpha = u.weight * clip_factor(u.offset, self.clip_norm)
-            for k, t in u.offset.items():
-                acc[k].add_(t, alpha=alpha)  # in place, dtype of the buffer kept
+            scale = 1.0
+            if self.clip_norm > 0:  # the factor needs the norm first: one more read
+                scale = clip_factor(u.offset, self.clip_norm)
+            norm = self._fold(u.offset, acc, scratch, alpha=u.weight * scale)
+            reason = refusal(norm, self.max_norm)
+            if reason is not None:
+                refused[u.client_id] = reason
+                continue
+            for k in u.offset:
+                acc[k], scratch[k] = scratch[k], acc[k]
                 weight_sum[k] += u.weight
-            n += 1
-        return CombineResult(_normalise(acc, weight_sum), n)
+            norms[u.client_id] = norm
+            merged += 1
+        mean = _normalise(acc, weight_sum)
+        return CombineResult(mean, merged, refused=refused, norms=norms)
+
+    def _fold(self, offset: Params, acc: Params, scratch: Params, *, alpha: float) -> float:
+        """scratch[k] = acc[k] + alpha offset[k] for the offset's tensors; its L2 norm."""
+        sumsq = None
+        for k, x in offset.items():
+            a, s = acc[k].view(-1), scratch[k].view(-1)
+            xf = x.reshape(-1).to(a.device, non_blocking=True)
+            step = self.chunk if a.device.type == "cpu" else max(xf.numel(), 1)
+            for i in range(0, xf.numel(), step):
+                xc = xf[i : i + step]
+                part = _sumsq(xc)
+                sumsq = part if sumsq is None else sumsq + part
+                torch.add(a[i : i + step], xc, alpha=alpha, out=s[i : i + step])
+        return 0.0 if sumsq is None else math.sqrt(float(sumsq))  # one sync per offset
+
+
+def refusal(norm: float, max_norm: float) -> str | None:
+    """Why an offset of this norm must not be merged, or None."""
+    if not math.isfinite(norm):
+        return "offset has non-finite values (NaN or Inf)"
+    if max_norm > 0 and norm > max_norm:
+        return f"offset norm {norm:.4g} exceeds max-update-norm {max_norm}"
+    return None
+
+
+def _sumsq(x: Tensor) -> Tensor:
+    """sum(x^2) as a float64 scalar, without a temporary for float32/float64."""
+    if x.dtype in (torch.float32, torch.float64):
+        return torch.dot(x, x).double()
+    return x.double().square().sum()
 
 
 class FisherWeightedMean(OffsetCombiner):
@@ -232,11 +293,13 @@ class Krum(OffsetCombiner):
 
 
 def make_combiner(
-    name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0
+    name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0,
+    max_norm: float = 0.0,
 ) -> OffsetCombiner:
-    """The combiner a run's config names."""
+    """The combiner a run's config names. ``max_norm`` bounds offsets where the combiner
+    guards values itself (the mean); elsewhere the caller checks them."""
     if name == "mean":
-        return WeightedMean(clip_norm=clip_norm)
+        return WeightedMean(clip_norm=clip_norm, max_norm=max_norm)
     if name == "fisher":
         return FisherWeightedMean(clip_norm=clip_norm)
     if name == "median":

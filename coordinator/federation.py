@@ -11,7 +11,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from coordinator.checkpoints import CheckpointError, load_checkpoint
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.grid import StreamingGrid
 from coordinator.ledger import RoundLedger
+from coordinator.payloads import params_record
 from coordinator.replies import UpdateLimits
 from coordinator.store import (
     RoundRecord,
@@ -96,7 +97,7 @@ def run_federation(
             random.seed(cfg.seed * 1_000_003 + state.round)  # Flower samples with `random`
             strategy.start(
                 grid=streaming,
-                initial_arrays=ArrayRecord({k: t.cpu() for k, t in state.params.items()}),
+                initial_arrays=params_record(state.params),
                 num_rounds=remaining,
                 timeout=cfg.round_timeout,
                 train_config=client_config(cfg),
@@ -121,7 +122,7 @@ def build_strategy(cfg: MergeConfig, state: ServerState, ledger: RoundLedger) ->
         state=state,
         combiner=make_combiner(
             cfg.combiner, trim_beta=cfg.trim_beta, byzantine=cfg.krum_byzantine,
-            clip_norm=cfg.clip_norm,
+            clip_norm=cfg.clip_norm, max_norm=cfg.max_update_norm,
         ),
         optimizer=_optimizer(cfg),
         gradient_scale=cfg.gradient_scale,

@@ -1,38 +1,26 @@
-"""From a client's reply Message to a validated ``ClientUpdate``, without copying payloads.
-
-Flower's ``Array.numpy()`` parses each .npy payload through a stream and then the merge
-makes temporaries (PERF-ANCHORS.md). Here each tensor is a read-only torch view of the
-``Array.data`` bytes: the .npy header is parsed by hand and the data is never copied.
-Every check runs before the update can touch the accumulator; a failed check raises
-``UpdateRejected`` with the reason, which the strategy records.
+"""From a client's reply Message to a validated ``ClientUpdate``, without copying payloads
+(each tensor is a view of Flower's bytes: ``coordinator/payloads.py``). Every check runs
+before the update can touch the accumulator; a failed check raises ``UpdateRejected``
+with the reason, which the strategy records.
 """
 
 from __future__ import annotations
 
-import ast
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from aggregation import ClientUpdate, Params
-from aggregation.combiners import update_norm
+from aggregation.combiners import refusal, update_norm
+from coordinator.payloads import PayloadError, tensor_view
 
 OFFSET_KEY = "arrays"  # ArrayRecord: theta_i per tensor
 FISHER_KEY = "fisher"  # optional ArrayRecord: diagonal Fisher per tensor
 METRICS_KEY = "metrics"  # MetricRecord: num-examples, train-loss, ...
 MANIFEST_KEY = "manifest"  # optional ConfigRecord: {"tensors": [...]} of a partial update
 NUM_EXAMPLES = "num-examples"
-
-_TORCH_DTYPES = {
-    "<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16,
-    "<i8": torch.int64, "<i4": torch.int32, "|u1": torch.uint8, "|i1": torch.int8,
-    "|b1": torch.bool,
-}
-
 
 class UpdateRejected(ValueError):
     """A reply that must not be merged; ``str(exc)`` is the reason that gets recorded."""
@@ -51,45 +39,15 @@ class DecodedReply:
     metrics: dict[str, float]
 
 
-def tensor_view(array: Array, name: str) -> torch.Tensor:
-    """A zero-copy, read-only torch view of an ``Array``'s .npy payload."""
-    data = array.data
-    if data[:6] != b"\x93NUMPY":
-        raise UpdateRejected(f"tensor {name!r}: payload is not .npy")
-    major = data[6]
-    if major == 1:
-        start, hlen = 10, int.from_bytes(data[8:10], "little")
-    elif major in (2, 3):
-        start, hlen = 12, int.from_bytes(data[8:12], "little")
-    else:
-        raise UpdateRejected(f"tensor {name!r}: unsupported .npy version {major}")
-    try:
-        header = ast.literal_eval(data[start : start + hlen].decode("latin1"))
-        descr, fortran, shape = header["descr"], header["fortran_order"], tuple(header["shape"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise UpdateRejected(f"tensor {name!r}: malformed .npy header ({exc})") from None
-    dtype = _TORCH_DTYPES.get(descr)
-    if dtype is None:
-        raise UpdateRejected(f"tensor {name!r}: unsupported dtype {descr!r}")
-    if fortran and len(shape) > 1:
-        raise UpdateRejected(f"tensor {name!r}: Fortran-ordered payload")
-    count = math.prod(shape)
-    offset = start + hlen
-    if len(data) - offset != count * dtype.itemsize:
-        raise UpdateRejected(
-            f"tensor {name!r}: payload holds {len(data) - offset} bytes, shape {shape} "
-            f"needs {count * dtype.itemsize}"
-        )
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    with warnings.catch_warnings():
-        # bytes are immutable: the view is only ever read.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(data, dtype=dtype, count=count, offset=offset).view(shape)
+def decode_reply(
+    msg: Message, template: Params, limits: UpdateLimits, *, check_values: bool = True
+) -> DecodedReply:
+    """Validate one reply against the model (``template``) and the limits.
 
-
-def decode_reply(msg: Message, template: Params, limits: UpdateLimits) -> DecodedReply:
-    """Validate one reply against the model (``template``) and the limits."""
+    ``check_values=False`` skips the offset's finite-values and norm checks (and leaves
+    ``norm`` NaN) for a combiner that makes them itself in the same read that merges the
+    offset (``OffsetCombiner.guards_values``): a second full read of every offset would
+    cost as much as the merge."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -122,16 +80,15 @@ def decode_reply(msg: Message, template: Params, limits: UpdateLimits) -> Decode
         if any(bool((f < 0).any()) for f in fisher.values()):
             raise UpdateRejected("fisher has negative entries")
 
-    # One pass for both checks: any NaN/Inf makes the norm non-finite.
-    norm = update_norm(offset)
-    if not math.isfinite(norm):
-        raise UpdateRejected("offset has non-finite values (NaN or Inf)")
     if fisher is not None and not math.isfinite(update_norm(fisher)):
         raise UpdateRejected("fisher has non-finite values (NaN or Inf)")
-    if limits.max_update_norm > 0 and norm > limits.max_update_norm:
-        raise UpdateRejected(
-            f"offset norm {norm:.4g} exceeds max-update-norm {limits.max_update_norm}"
-        )
+    norm = math.nan
+    if check_values:
+        # One pass for both checks: any NaN/Inf makes the norm non-finite.
+        norm = update_norm(offset)
+        reason = refusal(norm, limits.max_update_norm)
+        if reason is not None:
+            raise UpdateRejected(reason)
 
     client_id = str(msg.metadata.src_node_id)
     plain = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -167,7 +124,10 @@ def _checked_tensors(arrays: ArrayRecord, template: Params, what: str) -> Params
         ref = template.get(name)
         if ref is None:
             raise UpdateRejected(f"{what}: unknown tensor {name!r}")
-        t = tensor_view(array, name)
+        try:
+            t = tensor_view(array, name)
+        except PayloadError as exc:
+            raise UpdateRejected(f"{what}: {exc}") from None
         if t.dtype != ref.dtype:
             raise UpdateRejected(f"{what} {name!r}: dtype {t.dtype} != model's {ref.dtype}")
         if t.shape != ref.shape:

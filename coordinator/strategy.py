@@ -28,6 +28,7 @@ from aggregation import (
     objective_gradient,
 )
 from aggregation.combiners import CombinerError, CombineResult
+from coordinator.payloads import params_record
 from coordinator.replies import DecodedReply, UpdateLimits, UpdateRejected, decode_reply
 
 
@@ -117,6 +118,8 @@ class MergeStrategy(FedAvg):
         accepted: dict[str, DecodedReply] = {}
         rejected: list[ClientOutcome] = []
         wait_s = 0.0
+        materialize = self.max_norm_ratio > 0 or not self.combiner.streaming
+        check_values = materialize or not self.combiner.guards_values
 
         def valid_updates() -> Iterator[ClientUpdate]:
             nonlocal wait_s
@@ -128,7 +131,9 @@ class MergeStrategy(FedAvg):
                 if msg is None:
                     return
                 try:
-                    decoded = decode_reply(msg, template, self.limits)
+                    decoded = decode_reply(
+                        msg, template, self.limits, check_values=check_values
+                    )
                 except UpdateRejected as exc:
                     rejected.append(self._reject(number, str(msg.metadata.src_node_id), str(exc)))
                     continue
@@ -145,7 +150,7 @@ class MergeStrategy(FedAvg):
 
         t_start = time.perf_counter()
         try:
-            if self.max_norm_ratio > 0 or not self.combiner.streaming:
+            if materialize:
                 updates = list(valid_updates())  # O(K x P): said in the docs and the log
                 if self.max_norm_ratio > 0:
                     updates = self._within_median_bound(number, updates, accepted, rejected)
@@ -160,8 +165,12 @@ class MergeStrategy(FedAvg):
                 rejected.append(self._reject(number, cid, f"not merged: {exc}", decoded=d))
             result = CombineResult({}, 0, {"error": str(exc)})
 
+        for cid, reason in result.refused.items():
+            rejected.append(self._reject(number, cid, reason, decoded=accepted.pop(cid)))
         outcomes = rejected + [
-            ClientOutcome(cid, True, None, d.update.weight, d.norm, d.metrics)
+            ClientOutcome(
+                cid, True, None, d.update.weight, result.norms.get(cid, d.norm), d.metrics
+            )
             for cid, d in accepted.items()
         ]
         arrays = None
@@ -169,7 +178,7 @@ class MergeStrategy(FedAvg):
             grads = objective_gradient(result.offset, scale=self.gradient_scale)
             opt_state = self.optimizer.step(template, grads, self._state.opt_state)
             self._state = ServerState(template, opt_state, number)
-            arrays = ArrayRecord({k: t.detach().cpu() for k, t in template.items()})
+            arrays = params_record(template)
         else:
             log(WARNING, "round %s: no update accepted, theta unchanged", number)
             self._state = replace(self._state, round=number)

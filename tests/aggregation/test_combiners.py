@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -497,3 +498,30 @@ def test_fisher_zero_curvature_coordinate_is_finite_in_every_dtype(dtype: torch.
     out = FisherWeightedMean().combine(ups, t).offset["x"]
     assert out.dtype == dtype
     assert torch.equal(out, torch.tensor([0.0, 2.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 18])  # 3: every tensor spans several chunks
+def test_weighted_mean_refuses_bad_offsets_and_leaves_the_sum_exact(chunk: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    template = {"a": torch.zeros(7, 5), "b": torch.zeros(11)}
+    good = [ClientUpdate({k: torch.randn(t.shape, generator=g) for k, t in template.items()},
+                         weight=w, client_id=f"g{w}") for w in (2.0, 5.0)]
+    nan = {k: torch.randn(t.shape, generator=g) for k, t in template.items()}
+    nan["b"][9] = float("nan")  # in the last chunk: earlier chunks were already folded
+    inf = {k: torch.zeros_like(t) for k, t in template.items()}
+    inf["a"][0, 0] = float("inf")
+    big = {k: torch.full_like(t, 100.0) for k, t in template.items()}
+    stream = [good[0], ClientUpdate(nan, 3.0, client_id="nan"), ClientUpdate(inf, 1.0,
+              client_id="inf"), ClientUpdate(big, 1.0, client_id="big"), good[1]]
+
+    out = WeightedMean(max_norm=50.0, chunk=chunk).combine(stream, template)
+    clean = WeightedMean(chunk=chunk).combine(good, template)
+    assert out.num_clients == 2
+    assert set(out.refused) == {"nan", "inf", "big"}
+    assert "non-finite" in out.refused["nan"] and "non-finite" in out.refused["inf"]
+    assert "exceeds max-update-norm 50.0" in out.refused["big"]
+    for k in template:  # bit for bit: a refused offset left no trace
+        assert torch.equal(out.offset[k], clean.offset[k])
+    sumsq = sum(float(t.double().square().sum()) for t in good[1].offset.values())
+    expected_norm = math.sqrt(sumsq)
+    assert out.norms["g5.0"] == pytest.approx(expected_norm, rel=1e-6)

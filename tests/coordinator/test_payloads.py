@@ -1,0 +1,41 @@
+"""Tensors in and out of Flower's .npy payloads."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array
+
+from coordinator.payloads import PayloadError, params_record, tensor_array, tensor_view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
+def test_tensor_array_is_byte_identical_to_numpy_save(dtype: torch.dtype) -> None:
+    t = (torch.arange(24) - 5).reshape(2, 3, 4).to(dtype)
+    buf = io.BytesIO()
+    np.save(buf, t.numpy(), allow_pickle=False)
+    array = tensor_array(t)
+    assert array.data == buf.getvalue()
+    assert array.dtype == str(t.numpy().dtype) and array.shape == (2, 3, 4)
+    assert torch.equal(torch.from_numpy(array.numpy()), t)  # Flower reads it back
+
+
+def test_view_round_trip_and_no_copy() -> None:
+    t = torch.randn(5, 7)
+    record = params_record({"w": t})
+    view = tensor_view(record["w"], "w")
+    assert torch.equal(view, t)
+    base = np.frombuffer(record["w"].data, dtype=np.uint8).ctypes.data
+    assert base <= view.untyped_storage().data_ptr() < base + len(record["w"].data)
+
+
+def test_malformed_payloads_are_named() -> None:
+    good = tensor_array(torch.ones(4))
+    with pytest.raises(PayloadError, match="'x': payload is not .npy"):
+        tensor_view(Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=b"junk"), "x")
+    truncated = Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=good.data[:-4])
+    with pytest.raises(PayloadError, match="holds 12 bytes, shape \\(4,\\) needs 16"):
+        tensor_view(truncated, "x")
