@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -40,11 +41,7 @@ def tensor_view(array: Array, name: str) -> torch.Tensor:
         start, hlen = 12, int.from_bytes(data[8:12], "little")
     else:
         raise PayloadError(f"tensor {name!r}: unsupported .npy version {major}")
-    try:
-        header = ast.literal_eval(data[start : start + hlen].decode("latin1"))
-        descr, fortran, shape = header["descr"], header["fortran_order"], tuple(header["shape"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise PayloadError(f"tensor {name!r}: malformed .npy header ({exc})") from None
+    descr, fortran, shape = _header(data[start : start + hlen].decode("latin1"), name)
     dtype = _TORCH_DTYPES.get(descr)
     if dtype is None:
         raise PayloadError(f"tensor {name!r}: unsupported dtype {descr!r}")
@@ -65,12 +62,34 @@ def tensor_view(array: Array, name: str) -> torch.Tensor:
         return torch.frombuffer(data, dtype=dtype, count=count, offset=offset).view(shape)
 
 
+# What np.save writes; a header of any other form goes through ast.literal_eval.
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': (True|False), "
+    r"'shape': \(((?:\d+, )*\d*|\d+(?:, \d+)+)\), \}\s*$"
+)
+
+
+def _header(text: str, name: str) -> tuple[str, bool, tuple[int, ...]]:
+    """(descr, fortran_order, shape) of a .npy header: a regex for np.save's own form
+    (microseconds; there are K x tensors of these a round), the literal parser else."""
+    m = _NPY_HEADER.match(text)
+    if m:
+        shape = tuple(int(d) for d in m.group(3).replace(",", " ").split())
+        return m.group(1), m.group(2) == "True", shape
+    try:
+        header = ast.literal_eval(text)
+        return header["descr"], bool(header["fortran_order"]), tuple(header["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise PayloadError(f"tensor {name!r}: malformed .npy header ({exc})") from None
+
+
 def tensor_array(tensor: torch.Tensor) -> Array:
     """An ``Array`` holding ``tensor`` as .npy bytes, byte-identical to ``np.save``."""
-    a = np.ascontiguousarray(tensor.detach().cpu().numpy())
+    a = tensor.detach().cpu().contiguous().numpy()
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(a))
-    data = b"".join((header.getvalue(), memoryview(a).cast("B")))  # the one copy
+    body = memoryview(a).cast("B") if a.size else b""
+    data = b"".join((header.getvalue(), body))  # the one copy
     return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray", data=data)
 
 

@@ -12,15 +12,17 @@ from flwr.app import Array
 from coordinator.payloads import PayloadError, params_record, tensor_array, tensor_view
 
 
+@pytest.mark.parametrize("shape", [(), (4,), (2, 3, 4), (0, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
-def test_tensor_array_is_byte_identical_to_numpy_save(dtype: torch.dtype) -> None:
-    t = (torch.arange(24) - 5).reshape(2, 3, 4).to(dtype)
+def test_tensor_array_is_byte_identical_to_numpy_save(dtype: torch.dtype, shape) -> None:
+    t = (torch.arange(int(np.prod(shape))) - 5).reshape(shape).to(dtype)
     buf = io.BytesIO()
     np.save(buf, t.numpy(), allow_pickle=False)
     array = tensor_array(t)
     assert array.data == buf.getvalue()
-    assert array.dtype == str(t.numpy().dtype) and array.shape == (2, 3, 4)
+    assert array.dtype == str(t.numpy().dtype) and array.shape == shape
     assert torch.equal(torch.from_numpy(array.numpy()), t)  # Flower reads it back
+    assert torch.equal(tensor_view(array, "t"), t)  # and so do we
 
 
 def test_view_round_trip_and_no_copy() -> None:
