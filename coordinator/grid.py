@@ -96,6 +96,7 @@ class StreamingGrid(Grid):
             else:
                 interval = self.min_interval
             timing.wait_s += time.perf_counter() - t0
-            for msg in got:
+            got.reverse()
+            while got:  # pop, so a reply handed on is not also held here
                 timing.replies += 1
-                yield msg
+                yield got.pop()

@@ -23,13 +23,14 @@ from flwr.serverapp.strategy import FedAvg
 from aggregation import (
     ClientUpdate,
     OffsetCombiner,
+    Params,
     ServerOptimizer,
     ServerState,
     objective_gradient,
 )
 from aggregation.combiners import CombinerError, CombineResult
 from coordinator.payloads import params_record
-from coordinator.replies import DecodedReply, UpdateLimits, UpdateRejected, decode_reply
+from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,59 @@ class RoundObserver:
     def round_started(self, server_round: int) -> None: ...
     def merged(self, report: MergeReport, state: ServerState) -> None: ...
     def evaluated(self, server_round: int, clients: list[dict[str, float]]) -> None: ...
+
+
+class _Intake:
+    """One round's replies, decoded and checked one at a time as they arrive, and what
+    became of each. It keeps no tensors: each offset goes on to the combiner alone, so a
+    streaming combiner holds one reply at a time."""
+
+    def __init__(
+        self, number: int, template: Params, limits: UpdateLimits, *, check_values: bool,
+        full_only: bool,
+    ) -> None:
+        self.number = number
+        self.template = template
+        self.limits = limits
+        self.check_values = check_values
+        self.full_only = full_only
+        self.kept: dict[str, ClientOutcome] = {}
+        self.rejected: list[ClientOutcome] = []
+        self.wait_s = 0.0  # blocked on replies still in flight
+
+    def updates(self, replies: Iterable[Message]) -> Iterator[ClientUpdate]:
+        it = iter(replies)
+        while True:
+            t0 = time.perf_counter()
+            msg = next(it, None)
+            self.wait_s += time.perf_counter() - t0
+            if msg is None:
+                return
+            node = str(msg.metadata.src_node_id)
+            try:
+                d = decode_reply(msg, self.template, self.limits, check_values=self.check_values)
+            except UpdateRejected as exc:
+                self._log(node, str(exc))
+                self.rejected.append(ClientOutcome(node, False, str(exc)))
+                continue
+            self.kept[node] = ClientOutcome(node, True, None, d.update.weight, d.norm, d.metrics)
+            if self.full_only and d.update.offset.keys() != self.template.keys():
+                self.reject(node, "partial update: this combiner needs every tensor")
+                continue
+            yield d.update
+
+    def reject(self, node: str, reason: str) -> None:
+        """A kept update turned out not to be merged after all."""
+        self._log(node, reason)
+        self.rejected.append(replace(self.kept.pop(node), accepted=False, reason=reason))
+
+    def outcomes(self, norms: dict[str, float]) -> tuple[ClientOutcome, ...]:
+        merged = [replace(o, offset_norm=norms.get(cid, o.offset_norm))
+                  for cid, o in self.kept.items()]
+        return (*self.rejected, *merged)
+
+    def _log(self, node: str, reason: str) -> None:
+        log(WARNING, "round %s: rejected update from node %s: %s", self.number, node, reason)
 
 
 class MergeStrategy(FedAvg):
@@ -115,64 +169,30 @@ class MergeStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         number = self.global_round(server_round)
         template = self._state.params
-        accepted: dict[str, DecodedReply] = {}
-        rejected: list[ClientOutcome] = []
-        wait_s = 0.0
         materialize = self.max_norm_ratio > 0 or not self.combiner.streaming
-        check_values = materialize or not self.combiner.guards_values
-
-        def valid_updates() -> Iterator[ClientUpdate]:
-            nonlocal wait_s
-            it = iter(replies)
-            while True:
-                t0 = time.perf_counter()
-                msg = next(it, None)  # blocks while replies are still on their way
-                wait_s += time.perf_counter() - t0
-                if msg is None:
-                    return
-                try:
-                    decoded = decode_reply(
-                        msg, template, self.limits, check_values=check_values
-                    )
-                except UpdateRejected as exc:
-                    rejected.append(self._reject(number, str(msg.metadata.src_node_id), str(exc)))
-                    continue
-                partial = decoded.update.offset.keys() != template.keys()
-                if partial and self.combiner.full_updates_only:
-                    reason = (f"partial update: combiner {type(self.combiner).__name__} needs "
-                              "every tensor")
-                    rejected.append(
-                        self._reject(number, decoded.update.client_id, reason, decoded=decoded)
-                    )
-                    continue
-                accepted[decoded.update.client_id] = decoded
-                yield decoded.update
-
+        intake = _Intake(
+            number, template, self.limits,
+            check_values=materialize or not self.combiner.guards_values,
+            full_only=self.combiner.full_updates_only,
+        )
         t_start = time.perf_counter()
         try:
             if materialize:
-                updates = list(valid_updates())  # O(K x P): said in the docs and the log
+                updates = list(intake.updates(replies))  # O(K x P): said in docs and log
                 if self.max_norm_ratio > 0:
-                    updates = self._within_median_bound(number, updates, accepted, rejected)
+                    updates = self._within_median_bound(updates, intake)
                 result = self.combiner.combine(updates, template)
             else:
-                result = self.combiner.combine(valid_updates(), template)
+                result = self.combiner.combine(intake.updates(replies), template)
         except CombinerError as exc:
             # E.g. Krum with fewer than 2f + 3 valid updates once bad replies are out: the
             # round merges nothing and says why; the run goes on with theta unchanged.
-            for cid, d in list(accepted.items()):
-                del accepted[cid]
-                rejected.append(self._reject(number, cid, f"not merged: {exc}", decoded=d))
+            for cid in list(intake.kept):
+                intake.reject(cid, f"not merged: {exc}")
             result = CombineResult({}, 0, {"error": str(exc)})
-
         for cid, reason in result.refused.items():
-            rejected.append(self._reject(number, cid, reason, decoded=accepted.pop(cid)))
-        outcomes = rejected + [
-            ClientOutcome(
-                cid, True, None, d.update.weight, result.norms.get(cid, d.norm), d.metrics
-            )
-            for cid, d in accepted.items()
-        ]
+            intake.reject(cid, reason)
+
         arrays = None
         if result.num_clients:
             grads = objective_gradient(result.offset, scale=self.gradient_scale)
@@ -182,11 +202,12 @@ class MergeStrategy(FedAvg):
         else:
             log(WARNING, "round %s: no update accepted, theta unchanged", number)
             self._state = replace(self._state, round=number)
-        merge_s = time.perf_counter() - t_start - wait_s
+        merge_s = time.perf_counter() - t_start - intake.wait_s
 
+        outcomes = intake.outcomes(result.norms)
         train_metrics = _weighted_metrics([o for o in outcomes if o.accepted])
         report = MergeReport(
-            number, tuple(outcomes), merge_s, wait_s, train_metrics, result.diagnostics
+            number, outcomes, merge_s, intake.wait_s, train_metrics, result.diagnostics
         )
         log(
             INFO, "round %s: merged %s of %s updates in %.1f ms (%s)", number, report.accepted,
@@ -195,36 +216,23 @@ class MergeStrategy(FedAvg):
         self.observer.merged(report, self._state)
         return arrays, (MetricRecord(train_metrics) if arrays is not None else None)
 
-    @staticmethod
-    def _reject(
-        number: int, node: str, reason: str, *, decoded: DecodedReply | None = None
-    ) -> ClientOutcome:
-        log(WARNING, "round %s: rejected update from node %s: %s", number, node, reason)
-        if decoded is None:
-            return ClientOutcome(node, False, reason)
-        return ClientOutcome(
-            node, False, reason, decoded.update.weight, decoded.norm, decoded.metrics
-        )
-
     def _within_median_bound(
-        self, number: int, updates: list[ClientUpdate], accepted: dict[str, DecodedReply],
-        rejected: list[ClientOutcome],
+        self, updates: list[ClientUpdate], intake: _Intake
     ) -> list[ClientUpdate]:
         """Drop offsets whose norm exceeds max-norm-ratio x the round's median norm."""
         if not updates:
             return updates
-        median = statistics.median(accepted[u.client_id].norm for u in updates)
-        bound = self.max_norm_ratio * median
+        norms = {u.client_id: intake.kept[u.client_id].offset_norm or 0.0 for u in updates}
+        median = statistics.median(norms.values())
         kept = []
         for u in updates:
-            norm = accepted[u.client_id].norm
-            if norm <= bound:
+            if norms[u.client_id] <= self.max_norm_ratio * median:
                 kept.append(u)
-                continue
-            decoded = accepted.pop(u.client_id)
-            reason = (f"offset norm {norm:.4g} exceeds max-norm-ratio {self.max_norm_ratio} "
-                      f"x the round's median {median:.4g}")
-            rejected.append(self._reject(number, u.client_id, reason, decoded=decoded))
+            else:
+                intake.reject(u.client_id, (
+                    f"offset norm {norms[u.client_id]:.4g} exceeds max-norm-ratio "
+                    f"{self.max_norm_ratio} x the round's median {median:.4g}"
+                ))
         return kept
 
     def aggregate_evaluate(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
 from flwr.serverapp.strategy import FedAvg
 
 from aggregation import ServerState, WeightedMean, adam, make_combiner, sgd
+from coordinator.grid import ExchangeTiming, StreamingGrid
 from coordinator.strategy import MergeReport, MergeStrategy, RoundObserver
 from tests.utils.replies import error_reply, reply
 
@@ -125,3 +129,44 @@ def test_robust_combiners_ignore_one_hostile_client(name: str) -> None:
     arrays, _ = strategy.aggregate_train(1, replies_for([*honest, hostile]))
     for k in THETA:
         np.testing.assert_allclose(arrays[k].numpy(), THETA[k] + base[k], atol=0.05)
+
+
+def test_streaming_merge_holds_one_reply_at_a_time() -> None:
+    """Memory O(model), not O(clients x model): while reply i + 1 is made, at most reply i
+    is still referred to (the one just merged), never an earlier one."""
+    alive: list[weakref.ref] = []
+
+    def lazy_replies():
+        for i, o in enumerate(offsets(6)):
+            gc.collect()
+            assert sum(ref() is not None for ref in alive[:-1]) == 0, "an old reply is held"
+            msg = reply(o, node=i + 1)
+            alive.append(weakref.ref(msg))
+            yield msg
+            del msg
+
+    strategy, rec = make_strategy()
+    strategy.aggregate_train(1, lazy_replies())
+    assert rec.reports[-1].accepted == 6
+
+
+def test_streaming_grid_does_not_keep_replies_it_handed_over() -> None:
+    batch = [reply(o, node=i + 1) for i, o in enumerate(offsets(4))]
+    ids = {m.metadata.reply_to_message_id for m in batch}
+
+    class OnePull:  # every reply arrives in one pull
+        def push_messages(self, messages):
+            return ids
+
+        def pull_messages(self, message_ids):
+            out, batch[:] = list(batch), []
+            return out
+
+    grid = StreamingGrid(OnePull())  # type: ignore[arg-type]
+    handed: list[weakref.ref] = []
+    for msg in grid._replies(set(ids), None, ExchangeTiming()):
+        handed.append(weakref.ref(msg))
+        del msg
+        gc.collect()
+        assert all(r() is None for r in handed)
+    assert len(handed) == 4
