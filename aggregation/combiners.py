@@ -78,12 +78,15 @@ class OffsetCombiner(ABC):
 
 class WeightedMean(OffsetCombiner):
     """The examples-weighted mean, streamed: O(P) memory whatever K, buffers reused across
-    rounds, and each offset read from memory once.
+    rounds, each offset checked (finite, norm within ``max_norm``) before it counts.
 
-    Validation and accumulation share that one read: per chunk of a tensor (small enough
-    to stay in cache), the squared norm is accumulated and acc + w x is written to a
-    scratch buffer. Only when the whole offset is finite and within ``max_norm`` are the
-    scratch tensors swapped in; a refused offset leaves the sum exactly as it was.
+    The check and the sum share the offset's read from memory. Tensors larger than
+    ``chunk`` are folded chunk by chunk (each small enough to stay in cache): its squared
+    norm is taken, then acc + w x is written to a scratch buffer, swapped in only once the
+    whole offset has passed. Smaller tensors go through torch's _foreach_ kernels, one
+    call for all of them (norms first, then the in-place add), so a model of many small
+    tensors costs two calls per client, not two per tensor. A refused offset leaves the
+    sum exactly as it was.
     """
 
     streaming = True
@@ -101,10 +104,16 @@ class WeightedMean(OffsetCombiner):
     def _buffers(self, template: Params) -> tuple[Params, Params]:
         if not _same_layout(self._sum, template):
             self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
-            self._scratch = {k: torch.empty_like(t) for k, t in template.items()}
+            # Only tensors that are folded in chunks need a scratch twin.
+            self._scratch = {
+                k: torch.empty_like(t) for k, t in template.items() if self._chunked(t)
+            }
         else:
             torch._foreach_zero_(list(self._sum.values()))
         return self._sum, self._scratch
+
+    def _chunked(self, t: Tensor) -> bool:
+        return t.device.type == "cpu" and t.numel() > self.chunk
 
     @torch.no_grad()
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
@@ -117,32 +126,44 @@ class WeightedMean(OffsetCombiner):
             scale = 1.0
             if self.clip_norm > 0:  # the factor needs the norm first: one more read
                 scale = clip_factor(u.offset, self.clip_norm)
-            norm = self._fold(u.offset, acc, scratch, alpha=u.weight * scale)
+            alpha = u.weight * scale
+            device = next(iter(acc.values())).device
+            offset = {k: x.to(device, non_blocking=True) for k, x in u.offset.items()}
+            big = [k for k in offset if k in scratch]
+            small = [k for k in offset if k not in scratch]
+            # sum(x^2) per part, 0-d tensors: one sync below for the whole offset
+            sumsq = [_fold_chunks(offset[k], acc[k], scratch[k], alpha, self.chunk) for k in big]
+            if small:
+                small_norms = torch.stack(torch._foreach_norm([offset[k] for k in small]))
+                sumsq.append(small_norms.double().square().sum())
+            norm = math.sqrt(float(torch.stack(sumsq).sum())) if sumsq else 0.0
             reason = refusal(norm, self.max_norm)
             if reason is not None:
                 refused[u.client_id] = reason
                 continue
-            for k in u.offset:
+            if small:
+                torch._foreach_add_([acc[k] for k in small], [offset[k] for k in small],
+                                    alpha=alpha)
+            for k in big:
                 acc[k], scratch[k] = scratch[k], acc[k]
+            for k in offset:
                 weight_sum[k] += u.weight
             norms[u.client_id] = norm
             merged += 1
         mean = _normalise(acc, weight_sum)
         return CombineResult(mean, merged, refused=refused, norms=norms)
 
-    def _fold(self, offset: Params, acc: Params, scratch: Params, *, alpha: float) -> float:
-        """scratch[k] = acc[k] + alpha offset[k] for the offset's tensors; its L2 norm."""
-        sumsq = None
-        for k, x in offset.items():
-            a, s = acc[k].view(-1), scratch[k].view(-1)
-            xf = x.reshape(-1).to(a.device, non_blocking=True)
-            step = self.chunk if a.device.type == "cpu" else max(xf.numel(), 1)
-            for i in range(0, xf.numel(), step):
-                xc = xf[i : i + step]
-                part = _sumsq(xc)
-                sumsq = part if sumsq is None else sumsq + part
-                torch.add(a[i : i + step], xc, alpha=alpha, out=s[i : i + step])
-        return 0.0 if sumsq is None else math.sqrt(float(sumsq))  # one sync per offset
+
+def _fold_chunks(x: Tensor, acc: Tensor, out: Tensor, alpha: float, chunk: int) -> Tensor:
+    """out = acc + alpha x, chunk by chunk while x is in cache; returns sum(x^2) (0-d)."""
+    xf, a, o = x.reshape(-1), acc.view(-1), out.view(-1)
+    parts = []
+    for i in range(0, xf.numel(), chunk):
+        xc = xf[i : i + chunk]
+        parts.append(torch.dot(xc, xc) if xc.is_floating_point() and xc.dtype in (
+            torch.float32, torch.float64) else xc.double().square().sum())
+        torch.add(a[i : i + chunk], xc, alpha=alpha, out=o[i : i + chunk])
+    return torch.stack(parts).double().sum()
 
 
 def refusal(norm: float, max_norm: float) -> str | None:
@@ -152,13 +173,6 @@ def refusal(norm: float, max_norm: float) -> str | None:
     if max_norm > 0 and norm > max_norm:
         return f"offset norm {norm:.4g} exceeds max-update-norm {max_norm}"
     return None
-
-
-def _sumsq(x: Tensor) -> Tensor:
-    """sum(x^2) as a float64 scalar, without a temporary for float32/float64."""
-    if x.dtype in (torch.float32, torch.float64):
-        return torch.dot(x, x).double()
-    return x.double().square().sum()
 
 
 class FisherWeightedMean(OffsetCombiner):

@@ -148,14 +148,46 @@ def adam(
     *, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
     bias_correction: bool = True,
 ) -> ServerOptimizer:
-    """FedAdam: v <- b2 v + (1 - b2) Delta^2."""
+    """FedAdam: v <- b2 v + (1 - b2) Delta^2. With bias correction this is torch's Adam
+    with eps = tau, so it runs as torch's fused kernel (one pass over params, grads, m
+    and v) where the tensors allow it, else as _foreach_ kernels."""
 
     def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
         torch._foreach_lerp_(v, g2, 1.0 - beta2)
 
-    return _adaptive(
+    portable = _adaptive(
         "adam", second_moment, lr=lr, beta1=beta1, tau=tau,
         bias_correction=bias_correction, beta2_for_correction=beta2,
+    )
+    if not bias_correction or not hasattr(torch, "_fused_adam_"):
+        return portable
+
+    @torch.no_grad()
+    def step(params: Params, grads: Params, state: OptimizerState) -> OptimizerState:
+        if not _fusable(params, grads):
+            return portable.step(params, grads, state)
+        t = state.step + 1
+        if grads:
+            group = [params[k] for k in grads]
+            dev = group[0].device
+            steps = [torch.tensor(float(t), device=dev) for _ in group]  # the kernel's input
+            torch._fused_adam_(
+                group, list(grads.values()), [state.slots["m"][k] for k in grads],
+                [state.slots["v"][k] for k in grads], [], steps, lr=lr, beta1=beta1,
+                beta2=beta2, weight_decay=0.0, eps=tau, amsgrad=False, maximize=False,
+                grad_scale=None, found_inf=None,
+            )
+        return replace(state, step=t)
+
+    return ServerOptimizer("adam", portable.init, step)
+
+
+def _fusable(params: Params, grads: Params) -> bool:
+    """torch's fused Adam takes float tensors of one device, CPU or CUDA."""
+    devices = {params[k].device for k in grads}
+    return len(devices) <= 1 and all(
+        params[k].dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        and params[k].device.type in ("cpu", "cuda") for k in grads
     )
 
 

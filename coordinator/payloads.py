@@ -65,7 +65,7 @@ def tensor_view(array: Array, name: str) -> torch.Tensor:
 # What np.save writes; a header of any other form goes through ast.literal_eval.
 _NPY_HEADER = re.compile(
     r"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': (True|False), "
-    r"'shape': \(((?:\d+, )*\d*|\d+(?:, \d+)+)\), \}\s*$"
+    r"'shape': \((|\d+,|\d+(?:, \d+)+)\), \}\s*$"
 )
 
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 from flwr.app import Array
 
-from coordinator.payloads import PayloadError, params_record, tensor_array, tensor_view
+from coordinator.payloads import (
+    _NPY_HEADER,
+    PayloadError,
+    _header,
+    params_record,
+    tensor_array,
+    tensor_view,
+)
 
 
 @pytest.mark.parametrize("shape", [(), (4,), (2, 3, 4), (0, 3)])
@@ -41,3 +48,12 @@ def test_malformed_payloads_are_named() -> None:
     truncated = Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=good.data[:-4])
     with pytest.raises(PayloadError, match="holds 12 bytes, shape \\(4,\\) needs 16"):
         tensor_view(truncated, "x")
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 0, 4)])
+def test_np_save_headers_take_the_fast_path(shape) -> None:
+    """Headers np.save writes are parsed by the regex, not the literal parser."""
+    data = tensor_array(torch.zeros(shape)).data
+    text = data[10 : 10 + int.from_bytes(data[8:10], "little")].decode("latin1")
+    assert _NPY_HEADER.match(text)
+    assert _header(text, "t") == ("<f4", False, shape)
