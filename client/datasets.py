@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from client import shakespeare
 from client.data import ClientData, PartitionSpec, digits_split, load_partition
+from client.local_data import DATA_DIR_KEY, load_local_data
 from client.task import ClientTask
 
 NodeConfig = Mapping[str, Any]
@@ -38,13 +40,19 @@ def _digits(task: ClientTask, node_config: NodeConfig) -> tuple[int, ClientData]
     return pid, load_partition(spec, pid)
 
 
-LOADERS: dict[str, Loader] = {"digits": _digits}
+LOADERS: dict[str, Loader] = {
+    "digits": _digits,
+    "shakespeare": shakespeare.load_client,
+}
 TEST_SETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
     "digits": lambda: digits_split()[2:],
+    "shakespeare": shakespeare.central_test_set,
 }
 
 
 def load_client_data(task: ClientTask, node_config: NodeConfig) -> tuple[int, ClientData]:
+    if DATA_DIR_KEY in node_config:  # a worker with its own data (client/local_data.py)
+        return load_local_data(task, node_config)
     if task.dataset not in LOADERS:
         raise ValueError(f"unknown dataset {task.dataset!r}; known: {sorted(LOADERS)}")
     return LOADERS[task.dataset](task, node_config)

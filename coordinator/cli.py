@@ -135,6 +135,163 @@ def dashboard(
           token=token)
 
 
+# ---- deployment: the coordinator service, workers, run submission, certificates ----
+
+CoordOut = Annotated[
+    Path, typer.Option("--out-dir", help="Run store, checkpoints, SuperLink state, logs.")
+]
+
+
+@app.command()
+def coordinator(
+    host: Annotated[str, typer.Option(help="SuperLink interface (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="SuperLink port: Fleet, Control and ServerAppIo "
+                                           "APIs (one HTTP port in flwr 1.42).")] = 8000,
+    certs: Annotated[Path | None, typer.Option(
+        help="Directory with ca.pem, server.pem, server.key (`fedmerge certs`): TLS and "
+             "SuperNode authentication.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Plain HTTP, no SuperNode authentication.")] = False,
+    supernode_auth: Annotated[bool, typer.Option(
+        help="With TLS: only registered SuperNode keys may join.")] = True,
+    register_key: Annotated[list[Path] | None, typer.Option(
+        help="SuperNode public key (OpenSSH) to register at start; repeatable.")] = None,
+    out_dir: CoordOut = Path("~/.fedmerge"),
+    db: Db = "",
+    dashboard: Annotated[bool, typer.Option(help="Serve the dashboard too.")] = True,
+    dashboard_host: Annotated[str, typer.Option(help="Dashboard interface.")] = "127.0.0.1",
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8080,
+    dashboard_token: Annotated[str | None, typer.Option(
+        envvar="FEDMERGE_DASHBOARD_TOKEN", help="Needed off loopback.")] = None,
+) -> None:
+    """Run the coordinator service: Flower's SuperLink and the dashboard, until stopped."""
+    from coordinator.deploy.procs import ServiceError
+    from coordinator.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
+
+    opts = CoordinatorOptions(
+        out_dir=out_dir.expanduser().resolve(), host=host, port=port,
+        tls=TlsFiles.from_dir(certs) if certs else None, insecure=insecure,
+        supernode_auth=supernode_auth,
+        register_keys=tuple(k.expanduser().resolve() for k in register_key or []),
+        db=db or None, dashboard=dashboard, dashboard_host=dashboard_host,
+        dashboard_port=dashboard_port, dashboard_token=dashboard_token,
+    )
+    try:
+        code = run_coordinator(opts, echo=lambda m: typer.echo(m, err=True))
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 2
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    coordinator: Annotated[str, typer.Option(
+        "--coordinator", help="The SuperLink's HOST:PORT.")],
+    data: Annotated[Path | None, typer.Option(
+        help="This worker's own data (train.npz/val.npz or CSV; docs/deployment.md).")] = None,
+    partition: Annotated[str | None, typer.Option(
+        help="I/N: partition I of N of the run's dataset.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    train_tensors: Annotated[str, typer.Option(
+        help="Train and send only these tensors (names or prefixes, comma-separated).")] = "",
+    root_cert: Annotated[Path | None, typer.Option(
+        help="CA certificate the SuperLink's TLS certificate is checked against.")] = None,
+    auth_key: Annotated[Path | None, typer.Option(
+        help="This SuperNode's private key (OpenSSH ECDSA) for authentication.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP.")] = False,
+    isolation: Annotated[str, typer.Option(
+        help="warm: one long-running ClientApp process (fast); subprocess: Flower's "
+             "default, a process per message.")] = "warm",
+    work_dir: Annotated[Path, typer.Option(
+        help="Flower home and logs of this worker; one per worker on a machine.")
+    ] = Path("~/.fedmerge/worker"),
+    node_config: Annotated[list[str] | None, typer.Option(
+        help="More node config, key=value (TOML value); repeatable.")] = None,
+) -> None:
+    """Run a worker: a Flower SuperNode that trains on its data, on its GPU if it has one."""
+    from coordinator.deploy.procs import ServiceError
+    from coordinator.deploy.worker import WorkerOptions, run_worker
+
+    if isolation not in ("warm", "subprocess"):
+        raise typer.BadParameter("--isolation: warm or subprocess")
+    split = None
+    if partition is not None:
+        i, sep, n = partition.partition("/")
+        if not (sep and i.isdigit() and n.isdigit()):
+            raise typer.BadParameter(f"--partition {partition!r}: expected I/N, e.g. 0/4")
+        split = (int(i), int(n))
+    opts = WorkerOptions(
+        superlink=coordinator, work_dir=work_dir.expanduser().resolve(),
+        data_dir=data.expanduser().resolve() if data else None, partition=split, device=device,
+        train_tensors=train_tensors, root_cert=root_cert, auth_key=auth_key, insecure=insecure,
+        isolation=isolation,  # type: ignore[arg-type]
+        extra_node_config=tuple(node_config or []),
+    )
+    try:
+        code = run_worker(opts, echo=lambda m: typer.echo(m, err=True))
+    except (ServiceError, ValueError) as exc:  # LocalDataError is a ValueError
+        typer.echo(f"error: {exc}", err=True)
+        code = 2
+    raise typer.Exit(code)
+
+
+@app.command()
+def submit(
+    run_config: Annotated[list[str] | None, typer.Option(
+        "--run-config", "-c", help="Run-config overrides 'k=v k2=v2' (TOML values).")] = None,
+    connection: Annotated[str, typer.Option(
+        help="SuperLink connection in $FLWR_HOME/config.toml.")] = "fedmerge",
+    superlink: Annotated[str | None, typer.Option(
+        help="HOST:PORT: (re)write the connection first.")] = None,
+    root_cert: Annotated[Path | None, typer.Option(help="CA certificate (TLS).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP.")] = False,
+    app_dir: Annotated[Path, typer.Option("--app", help="The Flower app (pyproject.toml).")
+                       ] = Path("."),
+    wait: Annotated[bool, typer.Option(help="Follow the run to its end.")] = True,
+    timeout: Annotated[float | None, typer.Option(help="Stop waiting after S seconds.")] = None,
+) -> None:
+    """Start a run on the coordinator; exit 0 only if it completed (1 failed, 3 timeout)."""
+    from coordinator.deploy.procs import ServiceError
+    from coordinator.deploy.submit import submit as submit_run
+    from coordinator.deploy.submit import write_connection
+
+    try:
+        if superlink is not None:
+            write_connection(connection, address=superlink,
+                             root_cert=root_cert.expanduser().resolve() if root_cert else None,
+                             insecure=insecure)
+        code = submit_run(app_dir, connection, run_config or [], wait=wait, timeout=timeout,
+                          echo=typer.echo)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 2
+    raise typer.Exit(code)
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write them.")],
+    host: Annotated[list[str] | None, typer.Option(
+        help="Name or IP the SuperLink is reached at (besides loopback); repeatable.")] = None,
+    nodes: Annotated[int, typer.Option(help="SuperNode key pairs to make.")] = 2,
+    days: Annotated[int, typer.Option(help="Validity.")] = 365,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Make a CA, the SuperLink's TLS certificate and SuperNode key pairs."""
+    from coordinator.certs import CertsExist, make_certs
+
+    try:
+        paths = make_certs(directory.expanduser().resolve(), hosts=host or [], nodes=nodes,
+                           days=days, force=force)
+    except CertsExist as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"CA {paths.ca_cert}\nSuperLink {paths.server_cert} (key {paths.server_key})")
+    for private, public in paths.node_keys:
+        typer.echo(f"SuperNode key {private} (register {public})")
+
+
 def _pairs(items: list[str]) -> dict[str, object]:
     import tomllib
 

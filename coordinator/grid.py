@@ -29,6 +29,7 @@ class ExchangeTiming:
     replies: int = 0
     expected: int = 0
     timed_out: bool = False
+    missing: tuple[str, ...] = ()  # nodes whose reply had not come when it timed out
 
 
 class StreamingGrid(Grid):
@@ -68,17 +69,19 @@ class StreamingGrid(Grid):
         messages = list(messages)
         kind = messages[0].metadata.message_type if messages else ""
         t0 = time.perf_counter()
-        ids = set(self.inner.push_messages(messages))
-        timing = ExchangeTiming(send_s=time.perf_counter() - t0, expected=len(ids))
+        pushed = list(self.inner.push_messages(messages))
+        timing = ExchangeTiming(send_s=time.perf_counter() - t0, expected=len(pushed))
         self.timings[kind] = timing
-        return self._replies(ids, timeout, timing)
+        nodes = {i: str(m.metadata.dst_node_id) for i, m in zip(pushed, messages, strict=False)}
+        return self._replies(set(pushed), timeout, timing, nodes)
 
     @property
     def last_train(self) -> ExchangeTiming:
         return self.timings.get(MessageType.TRAIN, ExchangeTiming())
 
     def _replies(
-        self, ids: set[str], timeout: float | None, timing: ExchangeTiming
+        self, ids: set[str], timeout: float | None, timing: ExchangeTiming,
+        nodes: dict[str, str] | None = None,
     ) -> Iterator[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.min_interval
@@ -89,6 +92,7 @@ class StreamingGrid(Grid):
             if not got:
                 if deadline is not None and time.monotonic() >= deadline:
                     timing.timed_out = True
+                    timing.missing = tuple(sorted((nodes or {}).get(i, i) for i in ids))
                     timing.wait_s += time.perf_counter() - t0
                     return
                 time.sleep(interval)

@@ -118,6 +118,15 @@ class RoundLedger(RoundObserver):
         )
         with self.sessions.begin() as s:
             repo.commit_round(s, self.run_id, record)
+            for kind, t in self.grid.timings.items():
+                if t.timed_out:
+                    repo.add_event(
+                        s, self.run_id, "round-timeout",
+                        f"round {r.number}: no {kind} reply from node(s) "
+                        f"{', '.join(t.missing)} within round-timeout; "
+                        f"{t.replies} of {t.expected} replies came",
+                    )
+        self.grid.timings.clear()
         self._open = None
         log(
             INFO, "round %s: %s/%s clients merged, train loss %.4f, central acc %.4f, %.2f s",

@@ -11,25 +11,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import MergeConfig
+from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
 from coordinator.store import RoundRecord
-
-# Flower phones home and installs run dependencies with `uv sync` unless told not to; Ray
-# binds its servers to every interface unless its node IP is loopback (FLOWER-1.42.md).
-QUIET_LOCAL_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-}
-
-
-def use_loopback_env() -> None:
-    for key, value in QUIET_LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
 
 
 def simulate(

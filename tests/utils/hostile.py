@@ -27,8 +27,8 @@ from flwr.supercore.run import Run
 
 from client import client_app as real
 from coordinator.config import MergeConfig
+from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
-from coordinator.simulation import use_loopback_env
 
 SCENARIO_KEY = "test-scenario"  # round config: which Scenario the nodes play
 DEFAULT_SCENARIO = "default"

@@ -1,0 +1,218 @@
+"""``fedmerge coordinator``: Flower's SuperLink and the dashboard on one machine.
+
+The SuperLink (flwr 1.42) serves its Fleet API (SuperNodes), Control API (``flwr run``,
+``fedmerge submit``) and ServerAppIo API on one HTTP port; it starts the ServerApp of each
+run in a child process, which writes the run store. The coordinator gives the SuperLink
+its own state database and Flower home under the out dir, and the store's URL in
+``FEDMERGE_DB_URL`` so the ServerApp writes where the dashboard reads.
+
+TLS (and SuperNode authentication, which Flower only allows over TLS) when certificate
+paths are given; plain HTTP only with an explicit ``insecure``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.deploy.procs import (
+    ServiceError,
+    Stopped,
+    Supervisor,
+    child_env,
+    flwr_executable,
+    ignore_stop_signals,
+    is_loopback,
+    raise_on_stop_signals,
+    split_address,
+)
+
+DEFAULT_PORT = 8000  # flower-superlink's own default
+CLI_CONNECTION = "fedmerge-coordinator"
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The SuperLink's certificate chain, as ``fedmerge certs`` writes it."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> TlsFiles:
+        d = Path(directory).expanduser().resolve()
+        return cls(d / "ca.pem", d / "server.pem", d / "server.key")
+
+    def check(self) -> None:
+        missing = [str(p) for p in (self.ca, self.cert, self.key) if not p.is_file()]
+        if missing:
+            raise ServiceError(f"TLS file(s) not found: {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class CoordinatorOptions:
+    out_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls: TlsFiles | None = None
+    insecure: bool = False
+    supernode_auth: bool = True  # with TLS: only registered SuperNode keys may connect
+    register_keys: tuple[Path, ...] = ()  # OpenSSH public keys to register at start
+    db: str | None = None
+    dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8080
+    dashboard_token: str | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out_dir / "superlink"
+
+    @property
+    def local_address(self) -> str:
+        """Where this machine reaches the SuperLink (a wildcard bind is reached on loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+def check_options(opts: CoordinatorOptions) -> list[str]:
+    """Raise ServiceError for contradictory options; return warnings to show."""
+    if opts.tls is None and not opts.insecure:
+        raise ServiceError(
+            "no TLS certificates given: pass --certs DIR (ca.pem, server.pem, server.key; "
+            "`fedmerge certs DIR` makes them) or --insecure for plain HTTP"
+        )
+    if opts.tls is not None and opts.insecure:
+        raise ServiceError("--insecure and TLS certificates exclude each other")
+    if opts.tls is not None:
+        opts.tls.check()
+    if opts.register_keys and (opts.tls is None or not opts.supernode_auth):
+        raise ServiceError("--register-key needs TLS with SuperNode authentication on")
+    if opts.dashboard and not is_loopback(opts.dashboard_host) and not opts.dashboard_token:
+        raise ServiceError(f"--dashboard-host {opts.dashboard_host} needs --dashboard-token "
+                           "(or FEDMERGE_DASHBOARD_TOKEN); or --no-dashboard")
+    missing = [str(k) for k in opts.register_keys if not k.is_file()]
+    if missing:
+        raise ServiceError(f"public key file(s) not found: {', '.join(missing)}")
+    warnings = []
+    if opts.insecure and not is_loopback(opts.host):
+        warnings.append(
+            f"!!! INSECURE: the SuperLink listens on {opts.host}:{opts.port} WITHOUT TLS and "
+            "WITHOUT SuperNode authentication. Anyone who reaches this port can join as a "
+            "worker, read the model and start runs. Use --certs on any network you do not "
+            "fully control."
+        )
+    if opts.tls is not None and not opts.supernode_auth:
+        warnings.append("SuperNode authentication is off: any SuperNode that trusts the CA "
+                        "can join.")
+    return warnings
+
+
+def superlink_argv(opts: CoordinatorOptions) -> list[str]:
+    argv = [
+        flwr_executable("flower-superlink"), "--host", opts.host, "--port", str(opts.port),
+        "--database", str(opts.state_dir / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    if opts.tls is None:
+        return [*argv, "--insecure"]
+    argv += ["--ssl-ca-certfile", str(opts.tls.ca), "--ssl-certfile", str(opts.tls.cert),
+             "--ssl-keyfile", str(opts.tls.key)]
+    return [*argv, "--enable-supernode-auth"] if opts.supernode_auth else argv
+
+
+def _prepare_store(opts: CoordinatorOptions) -> str:
+    """The run store's URL, created and migrated now (the dashboard reads it at once)."""
+    from coordinator.store import make_engine, resolve_db_url, upgrade_to_head
+
+    url = resolve_db_url(opts.db, opts.out_dir)
+    engine = make_engine(url)
+    try:
+        upgrade_to_head(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def register_supernode_keys(
+    opts: CoordinatorOptions, flwr_home: Path, echo: Echo, *, timeout: float = 60.0
+) -> None:
+    """``flwr supernode register`` each public key (one already registered is fine)."""
+    from coordinator.deploy.submit import write_connection
+
+    assert opts.tls is not None
+    write_connection(CLI_CONNECTION, address=opts.local_address, root_cert=opts.tls.ca,
+                     flwr_home=flwr_home)
+    env = child_env({"FLWR_HOME": str(flwr_home)})
+    for key in opts.register_keys:
+        done = subprocess.run(
+            [flwr_executable("flwr"), "supernode", "register", str(key), CLI_CONNECTION],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        out = done.stdout + done.stderr
+        if done.returncode == 0:
+            echo(f"registered SuperNode key {key}")
+        elif "already in use" in out:
+            echo(f"SuperNode key {key} was registered before")
+        else:
+            raise ServiceError(f"flwr supernode register {key} failed:\n{out.strip()}")
+
+
+def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> object | None:
+    try:
+        from dashboard.server import serve_in_thread
+    except ImportError as exc:
+        echo(f"warning: dashboard not available ({exc}); the coordinator runs without it")
+        return None
+    try:
+        server = serve_in_thread(db_url, opts.dashboard_host, opts.dashboard_port,
+                                 opts.dashboard_token)
+    except Exception as exc:  # noqa: BLE001 - the SuperLink must not go down with it
+        echo(f"warning: dashboard not started: {exc}")
+        return None
+    echo(f"dashboard: http://{opts.dashboard_host}:{opts.dashboard_port}/")
+    return server
+
+
+def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
+                    startup_timeout: float = 120.0) -> int:
+    """Run until SIGTERM/SIGINT (returns 0) or until the SuperLink dies (returns 1)."""
+    for warning in check_options(opts):
+        echo(warning)
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    db_url = _prepare_store(opts)
+    env = child_env({
+        "FEDMERGE_DB_URL": db_url,  # the ServerApp's store unless a run sets `db`
+        "FLWR_HOME": str(opts.state_dir / "flwr-home"),  # FABs the ServerApps run from
+    })
+    supervisor = Supervisor(opts.out_dir / "logs")
+    server = None
+    raise_on_stop_signals()
+    try:
+        superlink = supervisor.start("superlink", superlink_argv(opts), env=env,
+                                     cwd=opts.state_dir)
+        host, port = split_address(opts.local_address)
+        supervisor.wait_port(superlink, host, port, timeout=startup_timeout)
+        scheme = "TLS" if opts.tls else "plain HTTP"
+        echo(f"SuperLink ({scheme}) on {opts.host}:{opts.port}, pid {superlink.pid}, "
+             f"log {superlink.log_path}")
+        if opts.register_keys:
+            register_supernode_keys(opts, opts.state_dir / "cli", echo)
+        if opts.dashboard:
+            server = _start_dashboard(opts, db_url, echo)
+        echo(f"run store: {db_url}")
+        ended = supervisor.supervise()
+        echo(f"{ended.name} exited with code {ended.popen.returncode}\n{ended.tail()}")
+        return 1
+    except Stopped as sig:
+        echo(f"{sig}: stopping")
+        return 0
+    finally:
+        ignore_stop_signals()
+        if server is not None:
+            server.should_exit = True  # type: ignore[attr-defined]
+        supervisor.stop()

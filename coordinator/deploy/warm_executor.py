@@ -1,0 +1,192 @@
+"""A warm ClientApp executor for a SuperNode started with ``--isolation process``.
+
+Flower 1.42's SuperExec starts a fresh ``flwr-clientapp`` process for every message, and
+that process imports torch (and torch._dynamo at the first optimizer step), scikit-learn
+and flwr-datasets again: 8-10 s of CPU per message, two messages per round and node.
+This executor is the long-running process beside the SuperNode that process isolation
+allows: it imports those libraries once, then for each task it acquires from the
+SuperNode's Runtime API it forks a child that runs Flower's own ``run_clientapp`` (what
+``flwr-clientapp`` runs: the ClientApp is loaded from the run's FAB, its Context comes from
+the SuperNode, its reply goes back through the SuperNode). The app's own packages are
+dropped from ``sys.modules`` after the preload, so each task runs the code of its FAB, not
+the code installed on the worker.
+
+    python -m coordinator.deploy.warm_executor --runtime-api-address 127.0.0.1:9094 \
+        --insecure --parent-pid <supernode pid> [--superexec-auth-secret-file F]
+
+POSIX only (os.fork). The parent never runs a torch op or touches CUDA, so each child
+initialises both itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+DEFAULT_PRELOAD = (
+    "client.client_app", "flwr_datasets.partitioner", "sklearn.datasets", "torch._dynamo",
+)
+APP_PACKAGES = ("aggregation", "client", "coordinator", "dashboard")  # loaded from the FAB
+ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
+log = logging.getLogger("fedmerge.warm_executor")
+
+
+def preload(modules: Sequence[str], *, app_packages: Sequence[str] = APP_PACKAGES) -> None:
+    """Import ``modules`` (and so their dependencies), then forget the app's own modules."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            log.warning("preload of %s failed (%s); tasks will import it", name, exc)
+    for name in [m for m in sys.modules if m.split(".")[0] in app_packages]:
+        del sys.modules[name]  # this running module keeps its own globals
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_child(address: str, token: str, *, insecure: bool, root_cert: bytes | None) -> None:
+    """In the forked child: Flower's ClientApp runner, then leave without running the
+    parent's atexit handlers."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+        run_clientapp(
+            runtime_api_address=address, token=token, insecure=insecure,
+            certificates=root_cert, parent_pid=None, runtime_dependency_install=False,
+        )
+        code = 0
+    except SystemExit as exc:  # flwr_exit ends every task this way
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report it, then leave the child
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Children:
+    """The running task, so SIGTERM can take it down with the executor."""
+
+    pid: int | None = None
+
+    def terminate(self, signum: int, _frame: FrameType | None) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+
+def serve(
+    runtime_api_address: str,
+    *,
+    insecure: bool,
+    root_certificates: str | None = None,
+    parent_pid: int | None = None,
+    auth_secret_file: Path | None = None,
+    min_poll: float = 0.02,
+    max_poll: float = 0.25,
+    preload_modules: Sequence[str] = DEFAULT_PRELOAD,
+) -> int:
+    """Acquire ClientApp tasks from the SuperNode's Runtime API and run each in a forked
+    child, one at a time (a SuperNode hands out one message at a time). Polls every
+    ``min_poll`` s after a task, backing off to ``max_poll``. Returns when the SuperNode
+    (``parent_pid``) is gone."""
+    import httpx
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: I001
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import (
+        RuntimeVersionHttpInterceptor,
+        SuperExecAuthHttpInterceptor,
+    )
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+
+    children = _Children()
+    signal.signal(signal.SIGTERM, children.terminate)
+    t0 = time.perf_counter()
+    preload(preload_modules)
+    log.info("preloaded %s in %.1f s", ", ".join(preload_modules), time.perf_counter() - t0)
+
+    root_cert = validate_and_resolve_root_certificates(root_certificates, insecure)
+    interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if auth_secret_file is not None:
+        interceptors.append(SuperExecAuthHttpInterceptor(
+            master_secret=auth_secret_file.read_bytes(), protected_methods={ACQUIRE_METHOD},
+        ))
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address, insecure=insecure, root_certificates=root_cert,
+        interceptors=interceptors,  # no retry invoker: this loop retries, checking the parent
+    )
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    interval = min_poll
+    try:
+        while parent_pid is None or _alive(parent_pid):
+            try:
+                res = client.AcquireTask(request)
+            except httpx.HTTPError as exc:
+                log.warning("Runtime API at %s: %s; retrying", runtime_api_address, exc)
+                time.sleep(1.0)
+                continue
+            if not (res.HasField("task") and res.token):
+                time.sleep(interval)
+                interval = min(max_poll, interval * 1.5)
+                continue
+            started = time.perf_counter()
+            children.pid = os.fork()
+            if children.pid == 0:
+                _run_child(runtime_api_address, res.token, insecure=insecure, root_cert=root_cert)
+            _, status = os.waitpid(children.pid, 0)
+            children.pid = None
+            interval = min_poll
+            log.info("task %s of run %s: %.2f s, exit code %s", res.task.task_id,
+                     res.task.run_id, time.perf_counter() - started,
+                     os.waitstatus_to_exitcode(status))
+    finally:
+        client.close()
+    log.info("SuperNode %s is gone; stopping", parent_pid)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--root-certificates", default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--superexec-auth-secret-file", type=Path, default=None)
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
+                        help="comma-separated modules to import once")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    return serve(
+        args.runtime_api_address, insecure=args.insecure,
+        root_certificates=args.root_certificates, parent_pid=args.parent_pid,
+        auth_secret_file=args.superexec_auth_secret_file,
+        preload_modules=[m.strip() for m in args.preload.split(",") if m.strip()],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The services' options, command lines and connection files, without starting anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.common.config import parse_config_args
+from typer.testing import CliRunner
+
+from coordinator.certs import make_certs
+from coordinator.cli import app
+from coordinator.deploy.procs import DEPLOY_ENV, ServiceError, split_address
+from coordinator.deploy.service import CoordinatorOptions, TlsFiles, check_options, superlink_argv
+from coordinator.deploy.submit import RunStatus, write_connection
+from coordinator.deploy.worker import WorkerOptions, device_env, node_config, supernode_argv
+
+
+def test_deploy_env_turns_off_runtime_installs_and_keeps_ray_on_loopback() -> None:
+    assert DEPLOY_ENV["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert DEPLOY_ENV["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
+def test_coordinator_needs_certificates_or_an_explicit_insecure(tmp_path: Path) -> None:
+    with pytest.raises(ServiceError, match="--certs DIR.*--insecure"):
+        check_options(CoordinatorOptions(out_dir=tmp_path))
+    assert check_options(CoordinatorOptions(out_dir=tmp_path, insecure=True)) == []
+    (loud,) = check_options(CoordinatorOptions(out_dir=tmp_path, host="0.0.0.0", insecure=True))
+    assert "INSECURE" in loud and "0.0.0.0:8000" in loud
+    with pytest.raises(ServiceError, match="TLS file"):
+        check_options(CoordinatorOptions(out_dir=tmp_path, tls=TlsFiles.from_dir(tmp_path)))
+    with pytest.raises(ServiceError, match="needs --dashboard-token"):
+        check_options(CoordinatorOptions(out_dir=tmp_path, insecure=True,
+                                         dashboard_host="0.0.0.0"))
+    with pytest.raises(ServiceError, match="--register-key needs TLS"):
+        check_options(CoordinatorOptions(out_dir=tmp_path, insecure=True,
+                                         register_keys=(tmp_path / "k.pub",)))
+
+
+def test_superlink_command_line(tmp_path: Path) -> None:
+    make_certs(tmp_path / "c", nodes=0)
+    tls = CoordinatorOptions(out_dir=tmp_path, tls=TlsFiles.from_dir(tmp_path / "c"), port=9)
+    argv = superlink_argv(tls)
+    assert argv[argv.index("--port") + 1] == "9" and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--enable-supernode-auth" in argv and "--insecure" not in argv
+    assert argv[argv.index("--ssl-ca-certfile") + 1].endswith("ca.pem")
+    assert argv[argv.index("--database") + 1] == str(tmp_path / "superlink" / "state.db")
+    assert "--disable-runtime-dependency-installation" in argv
+    plain = superlink_argv(CoordinatorOptions(out_dir=tmp_path, insecure=True))
+    assert "--insecure" in plain and "--enable-supernode-auth" not in plain
+
+
+def test_worker_node_config_parses_as_flower_reads_it(tmp_path: Path) -> None:
+    base = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(1, 4))
+    assert parse_config_args([node_config(base)]) == {"partition-id": 1, "num-partitions": 4}
+    own = WorkerOptions(superlink="h:1", work_dir=tmp_path, data_dir=tmp_path / "my data",
+                        train_tensors="fc2", extra_node_config=("partition-id=3",))
+    assert parse_config_args([node_config(own)]) == {
+        "data-dir": str((tmp_path / "my data").resolve()), "train-tensors": "fc2",
+        "partition-id": 3,
+    }
+    for bad in (WorkerOptions(superlink="h:1", work_dir=tmp_path),
+                WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(4, 4))):
+        with pytest.raises(ServiceError):
+            node_config(bad)
+
+
+def test_worker_device_and_security_flags(tmp_path: Path) -> None:
+    assert device_env("cpu") == {"CUDA_VISIBLE_DEVICES": ""}
+    assert device_env("cuda:1") == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert device_env("auto") == {}
+    with pytest.raises(ServiceError):
+        device_env("gpu0")
+    opts = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
+                         root_cert=Path("ca.pem"), auth_key=Path("n.key"))
+    argv = supernode_argv(opts, 5000, tmp_path / "s")
+    assert argv[argv.index("--isolation") + 1] == "process"
+    assert argv[argv.index("--root-certificates") + 1] == "ca.pem"
+    assert argv[argv.index("--auth-supernode-private-key") + 1] == "n.key"
+    assert argv[argv.index("--port") + 1] == "5000" and "--insecure" not in argv
+    with pytest.raises(ServiceError, match="--insecure excludes"):
+        supernode_argv(WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
+                                     insecure=True, auth_key=Path("n.key")), 5000, None)
+
+
+def test_connection_is_written_where_flower_reads_it(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "local"\n\n'
+                                          '[superlink.local]\naddress = ":local:"\n')
+    write_connection("prod", address="coord.lan:8000", root_cert=tmp_path / "ca.pem")
+    write_connection("dev", address="127.0.0.1:8000", insecure=True)
+    prod = read_superlink_connection("prod")
+    assert prod.address == "coord.lan:8000"
+    assert prod.root_certificates == str(tmp_path / "ca.pem") and not prod.insecure
+    assert read_superlink_connection("dev").insecure
+    assert read_superlink_connection(None).address == ":local:"  # the default stays
+    with pytest.raises(ServiceError):
+        write_connection("x", address="h:1")
+
+
+def test_small_helpers() -> None:
+    assert split_address("[::1]:8000") == ("::1", 8000)
+    with pytest.raises(ValueError):
+        split_address("coord.lan")
+    assert str(RunStatus("finished", "failed", "ServerApp raised")) == (
+        "finished:failed (ServerApp raised)")
+
+
+def test_commands_refuse_contradictions_before_starting_anything(tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["coordinator", "--out-dir", str(tmp_path)])
+    assert out.exit_code == 2 and "--insecure" in out.output
+    assert not (tmp_path / "superlink").exists()
+    out = CliRunner().invoke(app, ["worker", "--coordinator", "h:1", "--insecure",
+                                   "--work-dir", str(tmp_path / "w")])
+    assert out.exit_code == 2 and "--partition" in out.output
+    out = CliRunner().invoke(app, ["worker", "--coordinator", "h:1", "--partition", "1-2"])
+    assert out.exit_code == 2
+
+
+def test_warm_executor_preload_forgets_the_apps_own_modules() -> None:
+    code = (
+        "import sys; from coordinator.deploy.warm_executor import preload; "
+        "preload(['client.task', 'json']); "
+        "left = [m for m in sys.modules if m.split('.')[0] in ('client', 'coordinator')]; "
+        "assert not left, left; assert 'json' in sys.modules; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_cuda_worker_without_a_gpu_fails_at_start() -> None:
+    from coordinator.deploy.procs import child_env
+    from coordinator.deploy.worker import check_device
+
+    with pytest.raises(ServiceError, match="torch sees no CUDA device"):
+        check_device("cuda:0", child_env({"CUDA_VISIBLE_DEVICES": ""}))
