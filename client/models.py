@@ -47,9 +47,33 @@ class CNN(nn.Module):
 def build_model(name: str, *, seed: int = 0, cfg: ModelConfig | None = None) -> nn.Module:
     """A freshly initialised model; the same ``seed`` gives the same weights."""
     cfg = cfg or ModelConfig()
-    kinds: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+    kinds: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "gru": CharGRU}
     if name not in kinds:
         raise ValueError(f"unknown model {name!r}; known: {sorted(kinds)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return kinds[name](cfg)
+
+
+@dataclass(frozen=True)
+class CharGRUConfig:
+    vocab_size: int = 96  # client/shakespeare.py: 0 = other, 1..95 = printable ASCII
+    embedding: int = 8
+    hidden: int = 128
+    layers: int = 1
+
+
+class CharGRU(nn.Module):
+    """Next-character prediction (LEAF's Shakespeare task): embed the characters, run a
+    GRU over the window, predict the next character from the last hidden state."""
+
+    def __init__(self, cfg: ModelConfig | None = None, gru: CharGRUConfig | None = None) -> None:
+        super().__init__()  # ``cfg`` (the image models' config) is not used
+        g = gru or CharGRUConfig()
+        self.embed = nn.Embedding(g.vocab_size, g.embedding)
+        self.gru = nn.GRU(g.embedding, g.hidden, num_layers=g.layers, batch_first=True)
+        self.head = nn.Linear(g.hidden, g.vocab_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, _ = self.gru(self.embed(x))  # (B, T) -> (B, T, E) -> (B, T, H)
+        return self.head(h[:, -1])  # (B, V)

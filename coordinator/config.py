@@ -46,8 +46,8 @@ class MergeConfig(BaseModel):
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
     max_examples: int = Field(1_000_000, ge=1, alias="max-examples")
     # --- the clients' task (sent to them in each round's config)
-    model: Literal["mlp", "cnn"] = "mlp"
-    dataset: Literal["digits"] = "digits"
+    model: Literal["mlp", "cnn", "gru"] = "mlp"
+    dataset: Literal["digits", "shakespeare"] = "digits"
     partition: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0.0, alias="dirichlet-alpha")
     classes_per_client: int = Field(2, ge=1, le=10, alias="classes-per-client")

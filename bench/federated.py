@@ -1,0 +1,270 @@
+"""Several strategies, this project's and Flower's, on one simulated federation.
+
+``run_contenders`` starts Flower's simulation engine once and its ServerApp runs every
+``Contender`` in turn on the same Grid, the same client nodes and the same data:
+
+- ours: ``coordinator.federation.run_federation`` with the base run config plus the
+  contender's overrides (its own SQLite store and checkpoints in a temporary folder);
+- Flower's: the strategy's own ``start()`` with central evaluation.
+
+Our ClientApp replies with the offset theta_i = client model - theta; Flower's
+strategies average models. ``bench_client`` wraps our ClientApp: when the round's config
+says ``bench-reply = "model"`` it adds theta back before replying. FedProx's mu travels
+as ``prox-mu`` (our trainer adds (mu/2)||x - theta||^2).
+
+``personal`` mode keeps each client's offset in ``context.state`` for the rest of the
+simulation: a personal contender must come last (``run_contenders`` checks this).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+BENCH_REPLY_KEY = "bench-reply"
+
+bench_client = ClientApp()
+
+
+@bench_client.train()
+def _train(msg: Message, context: Context) -> Message:
+    from client.client_app import train
+
+    reply = train(msg, context)
+    if msg.content["config"].get(BENCH_REPLY_KEY, "offset") != "model" or reply.has_error():
+        return reply
+    theta = msg.content["arrays"].to_torch_state_dict()
+    offset = reply.content["arrays"].to_torch_state_dict()
+    model = {k: (t + offset[k]) if k in offset else t for k, t in theta.items()}
+    content = RecordDict({"arrays": ArrayRecord(model), "metrics": reply.content["metrics"]})
+    return Message(content=content, reply_to=msg)
+
+
+@bench_client.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    from client.client_app import evaluate_shared
+
+    return evaluate_shared(msg, context)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One strategy to run. ``flower`` builds a Flower strategy (given the number of
+    client nodes); without it the contender is ours, configured by ``overrides``."""
+
+    label: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    flower: Callable[[int], Any] | None = None
+    train_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def personal(self) -> bool:
+        return self.overrides.get("mode") == "personal"
+
+
+@dataclass
+class Curve:
+    """What one contender did, per round (index 0 = the initial model)."""
+
+    label: str
+    acc: list[float] = field(default_factory=list)  # central accuracy
+    loss: list[float] = field(default_factory=list)
+    round_s: list[float] = field(default_factory=list)  # wall seconds per round
+    wait_s: list[float] = field(default_factory=list)  # ours: waiting for client replies
+    merge_s: list[float] = field(default_factory=list)  # ours: the merge itself
+    clients: dict[str, dict[str, float]] = field(default_factory=dict)  # last federated eval
+    participation: dict[str, int] = field(default_factory=dict)  # ours: rounds per client
+    seconds: float = 0.0
+    error: str | None = None
+
+    def rounds_to(self, target: float) -> int | None:
+        for r, a in enumerate(self.acc):
+            if r > 0 and a >= target:
+                return r
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _central(dataset: str, model_name: str) -> Callable[[dict[str, torch.Tensor]], tuple]:
+    from client.datasets import central_test_set
+    from client.models import build_model
+    from client.trainer import evaluate, load_params
+
+    x, y = central_test_set(dataset)
+    model = build_model(model_name)
+
+    def central(params: dict[str, torch.Tensor]) -> tuple[float, float]:
+        return evaluate(load_params(model, params), x, y, torch.device("cpu"))
+
+    return central
+
+
+def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
+              central) -> Curve:
+    from client.models import build_model
+    from coordinator.config import parse_run_config
+    from coordinator.federation import run_federation
+
+    cfg = parse_run_config({**base, **c.overrides, "out-dir": work, "db": "",
+                            "run-name": c.label})
+    curve = Curve(c.label)
+    init = build_model(cfg.model, seed=cfg.seed).state_dict()
+    loss0, acc0 = central(init)
+    curve.acc.append(acc0)
+    curve.loss.append(loss0)
+
+    def on_commit(rec) -> None:
+        ev = {e.kind: e for e in rec.evaluations}
+        curve.acc.append(ev["central"].accuracy)
+        curve.loss.append(ev["central"].loss)
+        curve.round_s.append((rec.finished_at - rec.started_at).total_seconds())
+        curve.wait_s.append(rec.wait_s)
+        curve.merge_s.append(rec.merge_s)
+        for u in rec.updates:
+            if u.accepted and u.partition_id is not None:
+                pid = str(u.partition_id)
+                curve.participation[pid] = curve.participation.get(pid, 0) + 1
+        if "federated" in ev:
+            curve.clients = {str(k): dict(v) for k, v in ev["federated"].metrics["clients"].items()}
+
+    run_federation(grid, cfg, on_commit=on_commit)
+    return curve
+
+
+def _run_flower(grid: Grid, base: Mapping[str, Any], c: Contender, num_nodes: int,
+                central) -> Curve:
+    from client.models import build_model
+    from coordinator.config import parse_run_config
+    from coordinator.federation import client_config
+
+    cfg = parse_run_config(dict(base))
+    strategy = c.flower(num_nodes)
+    train_config = ConfigRecord({**dict(client_config(cfg)), BENCH_REPLY_KEY: "model",
+                                 **c.train_extra})
+    init = ArrayRecord(build_model(cfg.model, seed=cfg.seed).state_dict())
+    curve = Curve(c.label)
+    stamps: list[float] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        loss, acc = central(arrays.to_torch_state_dict())
+        curve.acc.append(acc)
+        curve.loss.append(loss)
+        now = time.perf_counter()
+        if stamps:
+            curve.round_s.append(now - stamps[-1])
+        stamps.append(now)
+        return MetricRecord({"central-acc": acc, "central-loss": loss})
+
+    random.seed(cfg.seed * 1_000_003)  # Flower samples clients with `random`
+    strategy.start(grid=grid, initial_arrays=init, num_rounds=cfg.num_server_rounds,
+                   timeout=cfg.round_timeout, train_config=train_config,
+                   evaluate_config=ConfigRecord(dict(client_config(cfg))),
+                   evaluate_fn=evaluate_fn)
+    return curve
+
+
+def run_contenders(
+    base: Mapping[str, Any],
+    contenders: Sequence[Contender],
+    *,
+    num_clients: int,
+    client_cpus: float = 1.0,
+    verbose: bool = False,
+    on_done: Callable[[Curve], None] | None = None,
+) -> dict[str, Curve]:
+    """Run every contender, in order, in one simulation; returns their curves by label.
+    A contender that raises is recorded with its error and the others go on."""
+    personal_at = [i for i, c in enumerate(contenders) if c.personal]
+    if personal_at and personal_at != [len(contenders) - 1]:
+        raise ValueError("a personal-mode contender must be the last one, and only one: "
+                         "its offsets stay in the nodes' context.state")
+    from coordinator.simulation import use_loopback_env
+
+    use_loopback_env()
+    from flwr.simulation import run_simulation
+
+    curves: dict[str, Curve] = {}
+    work = tempfile.mkdtemp(prefix="fedmerge-bench-")
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        import logging
+
+        from bench.common import quiet
+
+        quiet()
+        # each strategy warns that fraction_evaluate = 0 skips federated evaluation
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+        central = _central(base["dataset"], base.get("model", "mlp"))
+        for c in contenders:
+            t0 = time.perf_counter()
+            try:
+                if c.flower is None:
+                    curve = _run_ours(grid, base, c, os.path.join(work, f"c{len(curves)}"),
+                                      central)
+                else:
+                    curve = _run_flower(grid, base, c, num_clients, central)
+            except Exception as exc:  # noqa: BLE001 - recorded, shown, the others go on
+                curve = Curve(c.label, error=f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+            curve.seconds = time.perf_counter() - t0
+            curves[c.label] = curve
+            if on_done is not None:
+                on_done(curve)
+
+    cpus = os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": cpus, "num_gpus": 0, "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False, "logging_level": "info" if verbose else "error",
+            "log_to_driver": verbose,
+        },
+    }
+    try:
+        run_simulation(server_app=server, client_app=bench_client, num_supernodes=num_clients,
+                       backend_config=backend, verbose_logging=verbose)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    missing = [c.label for c in contenders if c.label not in curves]
+    if missing:
+        raise RuntimeError(f"the simulation ended before running {missing}")
+    return curves
+
+
+def flower_strategies(*, fedavgm_momentum: float = 0.9, fedadam_eta: float = 0.1,
+                      prox_mu: float = 0.1, fraction_train: float = 1.0,
+                      min_train: int | None = None) -> list[Contender]:
+    """Flower's FedAvg, FedAvgM, FedAdam and FedProx, as PERF-ANCHORS.md ran them."""
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+
+    def opts(n: int) -> dict[str, Any]:
+        m = min_train or n
+        return {"fraction_train": fraction_train, "fraction_evaluate": 0.0,
+                "min_train_nodes": m, "min_evaluate_nodes": 0, "min_available_nodes": n}
+
+    return [
+        Contender("Flower FedAvg", flower=lambda n: FedAvg(**opts(n))),
+        Contender(f"Flower FedAvgM ({fedavgm_momentum})", flower=lambda n: FedAvgM(
+            **opts(n), server_learning_rate=1.0, server_momentum=fedavgm_momentum)),
+        Contender(f"Flower FedAdam (eta {fedadam_eta})",
+                  flower=lambda n: FedAdam(**opts(n), eta=fedadam_eta)),
+        Contender(f"Flower FedProx (mu {prox_mu})",
+                  flower=lambda n: FedProx(**opts(n), proximal_mu=prox_mu),
+                  train_extra={"prox-mu": prox_mu}),
+    ]

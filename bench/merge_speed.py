@@ -1,0 +1,419 @@
+"""Merge speed: this project's MergeStrategy against Flower 1.42 and the memory limit.
+
+For each configuration K x P (K replies of P float32, over 32 tensors), K real Flower
+reply Messages are built once and every variant runs on those very replies,
+round-robin (each repetition runs every variant once; ratios are per repetition):
+
+  memcpy (yardstick)        torch copy_ of 64M float32, GB/s = bytes copied / t
+  limit: fused axpy loop    out.add_(x_k, alpha=w_k) over K pre-built flat tensors
+  ours: core merge          decode_reply (zero-copy views, validation) + WeightedMean
+  ours: parts               decode + validate only; WeightedMean on pre-decoded views;
+                            sgd step; building the output ArrayRecord
+  ours: MergeStrategy       aggregate_train with sgd lr 1 (= FedAvg): decoding,
+                            validation, streaming mean, optimizer step, output ArrayRecord
+  Flower FedAvg             FedAvg().aggregate_train on the same replies (to Flower they
+                            are models, to us offsets: same numbers, same arithmetic)
+  Flower FedAdam            FedAdam().aggregate_train on the same replies
+
+GB/s = K x P x 4 / t. Started from theta = 0, our output equals Flower's FedAvg output
+(checked). Then the server optimizer step alone at P (default 10M): ours adam and yogi
+against Flower's FedAdam step (FedAvg's part stubbed out) and torch.optim.Adam(fused=True)
+as the limit; float32 must stay float32.
+
+    python -m bench.merge_speed [--quick] [--configs 10x10M,100x1M,8x50M] [--reps 7]
+        [--opt-p 10M] [--profile]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import io
+import pstats
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import (
+    FakeGrid,
+    Variant,
+    base_parser,
+    fmt_n,
+    machine_line,
+    markdown_table,
+    med_min_max,
+    model_layout,
+    parse_n,
+    quiet,
+    random_params,
+    ratios,
+    results_dir,
+    round_robin,
+    stamp,
+    train_reply,
+    write_report,
+)
+
+MEMCPY_ELEMS = 64 * 1024 * 1024
+MEMCPY = "memcpy (yardstick; GB/s counts read + write)"
+TARGET_VS_FLOWER = 5.0
+TARGET_VS_LIMIT = 0.8
+
+
+def build_replies(k: int, p: int, seed: int = 0) -> tuple[list, list[int], list]:
+    """K reply Messages (one model's worth of random numbers each) and their examples."""
+    layout = model_layout(p)
+    rng = np.random.default_rng(seed)
+    examples = [int(n) for n in rng.integers(100, 1000, size=k)]
+    replies = []
+    for i in range(k):
+        params = random_params(layout, seed=seed * 100_003 + i)
+        replies.append(train_reply(params, examples=examples[i], node=i + 1))
+        del params  # the Message holds its own .npy bytes
+    return replies, examples, layout
+
+
+def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) -> dict:
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.serverapp.strategy import FedAdam, FedAvg
+
+    from aggregation import ServerState, WeightedMean, sgd
+    from coordinator.replies import UpdateLimits, decode_reply
+    from coordinator.strategy import MergeStrategy
+
+    replies, examples, layout = build_replies(k, p)
+    total = float(sum(examples))
+    weights = [n / total for n in examples]
+
+    def zeros() -> dict[str, torch.Tensor]:
+        return {name: torch.zeros(shape) for name, shape in layout}
+
+    # --- ours: the whole strategy, sgd lr 1 = FedAvg, from theta = 0
+    opt = sgd(lr=1.0)
+    params = zeros()
+    strategy = MergeStrategy(
+        state=ServerState(params, opt.init(params)), combiner=WeightedMean(), optimizer=opt,
+    )
+    ours_out, _ = strategy.aggregate_train(1, replies)
+    flower_out, _ = FedAvg().aggregate_train(1, replies)
+    worst = max(
+        float(np.abs(ours_out[n].numpy() - flower_out[n].numpy()).max()) for n, _ in layout
+    )
+    assert worst < 1e-6, f"ours != Flower FedAvg on the same replies: max diff {worst}"
+    assert all(ours_out[n].numpy().dtype == np.float32 for n, _ in layout)
+    del ours_out, flower_out
+
+    # --- ours, in parts (as the strategy calls them: a combiner that validates values
+    # in its own read, WeightedMean.guards_values, gets offsets decoded without the norm)
+    template = zeros()
+    limits = UpdateLimits()
+    core_combiner = WeightedMean()
+    decode_kw = _decode_kwargs(decode_reply, core_combiner)
+
+    def core() -> object:
+        return core_combiner.combine(
+            (decode_reply(m, template, limits, **decode_kw).update for m in replies), template
+        )
+
+    def decode_only() -> object:
+        return [decode_reply(m, template, limits, **decode_kw) for m in replies]
+
+    decoded = [decode_reply(m, template, limits).update for m in replies]
+    combine_only_c = WeightedMean()
+
+    def combine_only() -> object:
+        return combine_only_c.combine(decoded, template)
+
+    step_params = zeros()
+    step_grads = zeros()
+    step_state = opt.init(step_params)
+
+    def sgd_step() -> object:
+        return opt.step(step_params, step_grads, step_state)
+
+    def output_record() -> object:
+        return _output_record(step_params)
+
+    # --- Flower
+    fedavg = FedAvg()
+    fedadam = FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    fedadam.configure_train(1, ArrayRecord(zeros()), ConfigRecord({}), FakeGrid(k))
+
+    # --- the limit: fused axpy over pre-built flat tensors (one per client)
+    flat = [torch.cat([t.reshape(-1) for t in u.offset.values()]) for u in decoded]
+    out = torch.empty(p)
+
+    def limit() -> torch.Tensor:
+        torch.mul(flat[0], weights[0], out=out)
+        for x, w in zip(flat[1:], weights[1:], strict=True):
+            out.add_(x, alpha=w)
+        return out
+
+    src = torch.rand(memcpy_elems)
+    dst = torch.empty_like(src)
+
+    nbytes = k * p * 4
+    variants = [
+        Variant(MEMCPY, lambda: dst.copy_(src)),
+        Variant("limit: fused axpy loop", limit),
+        Variant("ours: MergeStrategy.aggregate_train (sgd lr 1)",
+                lambda: strategy.aggregate_train(1, replies)),
+        Variant("ours: core merge (decode + WeightedMean)", core),
+        Variant("ours part: decode + validate", decode_only),
+        Variant("ours part: WeightedMean on decoded views", combine_only),
+        Variant("ours part: sgd step", sgd_step),
+        Variant("ours part: output ArrayRecord", output_record),
+        Variant("Flower FedAvg.aggregate_train", lambda: fedavg.aggregate_train(1, replies)),
+        Variant("Flower FedAdam.aggregate_train", lambda: fedadam.aggregate_train(1, replies)),
+    ]
+    times = round_robin(variants, reps)
+
+    prof_text = ""
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(3):
+            strategy.aggregate_train(1, replies)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        prof_text = buf.getvalue()
+
+    return {"k": k, "p": p, "times": times, "nbytes": nbytes, "profile": prof_text,
+            "memcpy_bytes": 2 * memcpy_elems * 4}
+
+
+def _decode_kwargs(decode_reply, combiner) -> dict:
+    """decode_reply's options as MergeStrategy passes them (the API has grown options)."""
+    import inspect
+
+    if "check_values" in inspect.signature(decode_reply).parameters:
+        return {"check_values": not getattr(combiner, "guards_values", False)}
+    return {}
+
+
+def _output_record(params: dict[str, torch.Tensor]):
+    """The ArrayRecord the strategy returns, built the way it builds it."""
+    try:
+        from coordinator.payloads import params_record
+    except ImportError:
+        from flwr.app import ArrayRecord
+
+        return ArrayRecord({n: t.detach().cpu() for n, t in params.items()})
+    return params_record(params)
+
+
+def merge_table(res: dict) -> tuple[str, dict[str, list[float]]]:
+    times, nbytes, mbytes = res["times"], res["nbytes"], res["memcpy_bytes"]
+    ours = times["ours: MergeStrategy.aggregate_train (sgd lr 1)"]
+    lim = times["limit: fused axpy loop"]
+    memcpy = times[MEMCPY]
+    rows = []
+    for name, ts in times.items():
+        b = mbytes if name.startswith("memcpy") else nbytes
+        gbs = [b / t / 1e9 for t in ts]
+        part = name.startswith("ours part")
+        rows.append([
+            name,
+            med_min_max(ts, 1e3),
+            "" if part else med_min_max(gbs, 1, 1),
+            f"{statistics.median(ratios(ts, ours)):.2f}",
+            "" if part or name.startswith("memcpy") else
+            f"{statistics.median(ratios(memcpy, [mbytes / nbytes * t for t in ts])):.2f}",
+        ])
+    headers = ["variant", "ms median (min-max)", "GB/s median (min-max)",
+               "time / ours", "GB/s / memcpy GB/s"]
+    key = {
+        "vs Flower FedAvg": ratios(times["Flower FedAvg.aggregate_train"], ours),
+        "vs Flower FedAdam": ratios(times["Flower FedAdam.aggregate_train"], ours),
+        "vs limit": ratios(lim, ours),
+        "core vs limit": ratios(lim, times["ours: core merge (decode + WeightedMean)"]),
+    }
+    return markdown_table(headers, rows), key
+
+
+def optimizer_bench(p: int, reps: int) -> tuple[str, dict[str, list[float]], dict[str, str]]:
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+    from flwr.serverapp.strategy import FedAdam, FedAvg
+
+    from aggregation import adam, yogi
+
+    stamp(0)  # FedOpt.configure_train builds Messages: they need a task identity
+    layout = model_layout(p)
+    x0 = random_params(layout, seed=1, scale=1.0)
+    agg = random_params(layout, seed=2, scale=1.0)  # this round's mean model
+    g0 = {n: x0[n] - agg[n] for n in x0}  # pseudo-gradient theta - mean model
+    eta, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+
+    def ours(make):
+        opt = make(lr=eta, beta1=b1, beta2=b2, tau=tau)
+        params = {n: t.clone() for n, t in x0.items()}
+        grads = {n: t.clone() for n, t in g0.items()}
+        box = {"state": opt.init(params)}
+
+        def restore() -> None:  # the step overwrites its scratch gradient
+            torch._foreach_copy_(list(grads.values()), list(g0.values()))
+
+        def step() -> None:
+            box["state"] = opt.step(params, grads, box["state"])
+
+        return step, restore, params
+
+    adam_step, adam_restore, adam_params = ours(adam)
+    yogi_step, yogi_restore, yogi_params = ours(yogi)
+
+    ps = [torch.nn.Parameter(x0[n].clone()) for n in x0]
+    for prm, n in zip(ps, x0, strict=True):
+        prm.grad = g0[n].clone()
+    fused = torch.optim.Adam(ps, lr=eta, betas=(b1, b2), eps=tau, fused=True)
+
+    cur = ArrayRecord({n: t.clone() for n, t in x0.items()})
+    agg_rec = ArrayRecord(agg)
+    fedadam = FedAdam(eta=eta, beta_1=b1, beta_2=b2, tau=tau)
+    fedadam.configure_train(1, cur, ConfigRecord({}), FakeGrid(2))
+    original = FedAvg.aggregate_train
+    out: dict[str, object] = {}
+
+    def flower_step() -> None:
+        # FedAdam's own step: FedAvg's part returns this round's mean model
+        FedAvg.aggregate_train = lambda self, r, rep: (agg_rec, MetricRecord({}))
+        try:
+            out["rec"] = fedadam.aggregate_train(1, [])[0]
+        finally:
+            FedAvg.aggregate_train = original
+
+    variants = [
+        Variant("limit: torch.optim.Adam(fused=True)", fused.step),
+        Variant("ours: adam step", adam_step, setup=adam_restore),
+        Variant("ours: yogi step", yogi_step, setup=yogi_restore),
+        Variant("Flower FedAdam step (aggregate stubbed)", flower_step),
+    ]
+    times = round_robin(variants, reps)
+    dtypes = {
+        "ours adam": str(next(iter(adam_params.values())).dtype),
+        "ours yogi": str(next(iter(yogi_params.values())).dtype),
+        "torch fused Adam": str(ps[0].dtype),
+        "Flower FedAdam": str(next(iter(out["rec"].values())).numpy().dtype),
+    }
+    assert dtypes["ours adam"] == dtypes["ours yogi"] == "torch.float32", dtypes
+    nbytes = 7 * 4 * p  # read x, g, m, v; write x, m, v
+    ref = times["limit: torch.optim.Adam(fused=True)"]
+    rows = []
+    for name, ts in times.items():
+        rows.append([
+            name, med_min_max(ts, 1e3), med_min_max([nbytes / t / 1e9 for t in ts], 1, 1),
+            f"{statistics.median(ratios(ref, ts)):.2f}",
+        ])
+    table = markdown_table(
+        ["variant", "ms median (min-max)", "GB/s (7 x 4 x P / t)", "limit time / time"], rows
+    )
+    key = {
+        "adam vs limit": ratios(ref, times["ours: adam step"]),
+        "yogi vs limit": ratios(ref, times["ours: yogi step"]),
+        "adam vs Flower FedAdam": ratios(
+            times["Flower FedAdam step (aggregate stubbed)"], times["ours: adam step"]),
+    }
+    return table, key, dtypes
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["limit: fused axpy loop", "ours: MergeStrategy.aggregate_train (sgd lr 1)",
+             "ours: core merge (decode + WeightedMean)", "Flower FedAvg.aggregate_train",
+             "Flower FedAdam.aggregate_train"]
+    labels = ["limit (axpy)", "ours: strategy", "ours: core", "Flower FedAvg", "Flower FedAdam"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        vals = [r["nbytes"] / statistics.median(r["times"][name]) / 1e9 for r in results]
+        ax.bar([i + j * width for i in range(len(results))], vals, width, label=labels[j])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))])
+    ax.set_xticklabels([f"{r['k']} x {fmt_n(r['p'])}" for r in results])
+    ax.set_ylabel("GB/s of client data merged (median)")
+    ax.set_title("Merging K replies of P float32 (same replies, same run)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def verdict(xs: list[float], target: float) -> str:
+    m = statistics.median(xs)
+    return f"{m:.2f} (min {min(xs):.2f}, max {max(xs):.2f}): {'met' if m >= target else 'MISSED'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = base_parser(__doc__.split("\n")[0])
+    ap.add_argument("--configs", default=None, help="e.g. 10x10M,100x1M,8x50M")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--opt-p", type=parse_n, default=None)
+    ap.add_argument("--profile", action="store_true", help="cProfile our aggregate_train")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet()
+    configs = args.configs or ("4x200K,20x50K" if args.quick else "10x10M,100x1M,8x50M")
+    reps = args.reps or (2 if args.quick else 7)
+    opt_p = args.opt_p or (parse_n("200K") if args.quick else parse_n("10M"))
+    out = results_dir(args.out)
+
+    title = "Merge speed" + (f" with --threads {args.threads}" if args.threads else "")
+    text = [f"# {title}\n\nMachine: {machine_line()}\n",
+            f"Command: `python -m bench.merge_speed{' --quick' if args.quick else ''}"
+            f"{f' --threads {args.threads}' if args.threads else ''}`; "
+            f"{reps} round-robin repetitions after 1 warm-up; ratios are taken per "
+            "repetition, then the median (min-max) over repetitions.\n"]
+    results, summary_rows = [], []
+    for cfg in configs.split(","):
+        k, p = (parse_n(x) for x in cfg.lower().split("x"))
+        print(f"== {k} x {fmt_n(p)} ...", flush=True)
+        res = merge_config(k, p, reps, args.profile,
+                           2**20 if args.quick else MEMCPY_ELEMS)
+        gc.collect()  # the replies of this configuration are gone with merge_config's frame
+        results.append(res)
+        table, key = merge_table(res)
+        text.append(f"## K = {k} replies x P = {fmt_n(p)} float32 "
+                    f"({res['nbytes'] / 1e9:.2f} GB of client data)\n\n{table}\n")
+        if res["profile"]:
+            text.append("cProfile of 3 calls of our aggregate_train (top by own time):\n\n"
+                        "```\n" + res["profile"].strip() + "\n```\n")
+        summary_rows.append([
+            f"{k} x {fmt_n(p)}",
+            verdict(key["vs Flower FedAvg"], TARGET_VS_FLOWER),
+            verdict(key["vs limit"], TARGET_VS_LIMIT),
+            f"{statistics.median(key['core vs limit']):.2f}",
+            f"{statistics.median(key['vs Flower FedAdam']):.1f}",
+        ])
+    text.insert(2, "## Targets (ratios in the same run)\n\n" + markdown_table(
+        ["K x P", f"ours vs Flower FedAvg (target >= {TARGET_VS_FLOWER}x)",
+         f"ours vs limit (target >= {TARGET_VS_LIMIT})", "core merge vs limit",
+         "ours vs Flower FedAdam"], summary_rows) + "\n")
+    png = out / ("merge_speed" + (f"-threads{args.threads}" if args.threads else "") + ".png")
+    plot(results, png)
+    text.append(f"![merge speed]({png.name})\n")
+
+    print(f"== optimizer step, P = {fmt_n(opt_p)} ...", flush=True)
+    table, key, dtypes = optimizer_bench(opt_p, reps)
+    text.append(
+        f"## Server optimizer step alone, P = {fmt_n(opt_p)}\n\n{table}\n\n"
+        f"- ours adam vs the limit (target >= 0.8): {verdict(key['adam vs limit'], 0.8)}\n"
+        f"- ours yogi vs the limit: {verdict(key['yogi vs limit'], 0.8)}\n"
+        f"- ours adam vs Flower FedAdam's step (target >= 5x): "
+        f"{verdict(key['adam vs Flower FedAdam'], 5.0)}\n"
+        f"- dtypes after the step (input float32): "
+        + ", ".join(f"{k} {v}" for k, v in dtypes.items()) + "\n"
+    )
+    name = "merge_speed" + (f"-threads{args.threads}" if args.threads else "")
+    write_report(out, name, "\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

