@@ -32,14 +32,12 @@ class ExchangeTiming:
     missing: tuple[str, ...] = ()  # nodes whose reply had not come when it timed out
 
 
-class StreamingGrid(Grid):
-    def __init__(self, inner: Grid, *, min_interval: float = 0.002, max_interval: float = 0.05):
-        self.inner = inner
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self.timings: dict[str, ExchangeTiming] = {}  # the latest exchange per message type
+class DelegatingGrid(Grid):
+    """A Grid that forwards everything to ``inner``; subclasses change one part."""
 
-    # --- plain delegation
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
 
@@ -61,6 +59,19 @@ class StreamingGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class StreamingGrid(DelegatingGrid):
+    def __init__(self, inner: Grid, *, min_interval: float = 0.002, max_interval: float = 0.05):
+        super().__init__(inner)
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.timings: dict[str, ExchangeTiming] = {}  # the latest exchange per message type
 
     # --- the streaming exchange
     def send_and_receive(

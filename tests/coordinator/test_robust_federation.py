@@ -19,16 +19,18 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from aggregation import FisherWeightedMean, ServerState, WeightedMean, adam, make_combiner, sgd
+from aggregation import FisherWeightedMean, adam, make_combiner, sgd
 from client.models import build_model
 from coordinator.checkpoints import load_checkpoint
 from coordinator.config import parse_run_config
 from coordinator.federation import FederationResult
 from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply
 from coordinator.store import make_engine, make_session_factory, repo
-from coordinator.strategy import MergeReport, MergeStrategy, RoundObserver
+from coordinator.strategy import MergeStrategy
 from tests.utils.hostile import Scenario, scripted_client_app, simulate_scenarios, tamper
 from tests.utils.replies import reply
+from tests.utils.strategies import Recorder
+from tests.utils.strategies import make_strategy as make_theta_strategy
 
 # --------------------------------------------------------------------------------------
 # Strategy level: fake replies
@@ -41,23 +43,8 @@ THETA = {
 }
 
 
-class Recorder(RoundObserver):
-    def __init__(self) -> None:
-        self.reports: list[MergeReport] = []
-
-    def merged(self, report: MergeReport, state: ServerState) -> None:
-        self.reports.append(report)
-
-
 def make_strategy(optimizer=None, combiner=None, **kw) -> tuple[MergeStrategy, Recorder]:
-    params = {k: torch.from_numpy(v.copy()) for k, v in THETA.items()}
-    opt = optimizer or sgd(lr=1.0)
-    rec = Recorder()
-    strategy = MergeStrategy(
-        state=ServerState(params, opt.init(params)), combiner=combiner or WeightedMean(),
-        optimizer=opt, observer=rec, **kw,
-    )
-    return strategy, rec
+    return make_theta_strategy(THETA, optimizer, combiner, **kw)
 
 
 def offsets(k: int) -> list[dict[str, np.ndarray]]:

@@ -10,10 +10,12 @@ import pytest
 import torch
 from flwr.serverapp.strategy import FedAvg
 
-from aggregation import ServerState, WeightedMean, adam, make_combiner, sgd
+from aggregation import adam, make_combiner
 from coordinator.grid import ExchangeTiming, StreamingGrid
-from coordinator.strategy import MergeReport, MergeStrategy, RoundObserver
+from coordinator.strategy import MergeStrategy
 from tests.utils.replies import error_reply, reply
+from tests.utils.strategies import Recorder
+from tests.utils.strategies import make_strategy as make_theta_strategy
 
 rng = np.random.default_rng(0)
 THETA = {
@@ -22,23 +24,8 @@ THETA = {
 }
 
 
-class Recorder(RoundObserver):
-    def __init__(self) -> None:
-        self.reports: list[MergeReport] = []
-
-    def merged(self, report: MergeReport, state: ServerState) -> None:
-        self.reports.append(report)
-
-
 def make_strategy(optimizer=None, combiner=None, **kw) -> tuple[MergeStrategy, Recorder]:
-    params = {k: torch.from_numpy(v.copy()) for k, v in THETA.items()}
-    opt = optimizer or sgd(lr=1.0)
-    rec = Recorder()
-    strategy = MergeStrategy(
-        state=ServerState(params, opt.init(params)), combiner=combiner or WeightedMean(),
-        optimizer=opt, observer=rec, **kw,
-    )
-    return strategy, rec
+    return make_theta_strategy(THETA, optimizer, combiner, **kw)
 
 
 def replies_for(arrays: list[dict[str, np.ndarray]], examples: list[int] | None = None) -> list:

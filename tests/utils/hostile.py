@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
 
 from client import client_app as real
 from coordinator.config import MergeConfig
 from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
+from coordinator.grid import DelegatingGrid
 
 SCENARIO_KEY = "test-scenario"  # round config: which Scenario the nodes play
 DEFAULT_SCENARIO = "default"
@@ -119,35 +119,16 @@ def hostile_client_app(
     return scripted_client_app({DEFAULT_SCENARIO: Scenario(attacks=attacks)})
 
 
-class ScenarioGrid(Grid):
-    """Delegates to ``inner``; every message it pushes carries ``SCENARIO_KEY`` =
-    ``self.scenario`` in its ConfigRecord "config" (set it before each federation)."""
+class ScenarioGrid(DelegatingGrid):
+    """Every message it pushes carries ``SCENARIO_KEY`` = ``self.scenario`` in its
+    ConfigRecord "config" (set it before each federation)."""
 
     def __init__(self, inner: Grid, scenario: str = DEFAULT_SCENARIO) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.scenario = scenario
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(self._stamped(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
