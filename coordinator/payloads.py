@@ -9,6 +9,7 @@ by hand, the data never copied); writing, the bytes are built in one copy.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import re
@@ -47,7 +48,10 @@ def tensor_view(array: Array, name: str) -> torch.Tensor:
         start, hlen = 12, int.from_bytes(data[8:12], "little")
     else:
         raise PayloadError(f"tensor {name!r}: unsupported .npy version {major}")
-    descr, fortran, shape = _header(data[start : start + hlen].decode("latin1"), name)
+    try:
+        descr, fortran, shape = _header(data[start : start + hlen].decode("latin1"))
+    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+        raise PayloadError(f"tensor {name!r}: malformed .npy header ({exc})") from None
     dtype = _TORCH_DTYPES.get(descr)
     if dtype is None:
         raise PayloadError(f"tensor {name!r}: unsupported dtype {descr!r}")
@@ -72,18 +76,17 @@ _NPY_HEADER = re.compile(
 )
 
 
-def _header(text: str, name: str) -> tuple[str, bool, tuple[int, ...]]:
-    """(descr, fortran_order, shape) of a .npy header: a regex for np.save's own form
-    (microseconds; there are K x tensors of these a round), the literal parser else."""
+@functools.lru_cache(maxsize=4096)
+def _header(text: str) -> tuple[str, bool, tuple[int, ...]]:
+    """(descr, fortran_order, shape) of a .npy header: a regex for np.save's own form, the
+    literal parser else. Cached: every client sends the model's same few headers, and
+    there are K x tensors of them a round."""
     m = _NPY_HEADER.match(text)
     if m:
         shape = tuple(int(d) for d in m.group(3).replace(",", " ").split())
         return m.group(1), m.group(2) == "True", shape
-    try:
-        header = ast.literal_eval(text)
-        return header["descr"], bool(header["fortran_order"]), tuple(header["shape"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise PayloadError(f"tensor {name!r}: malformed .npy header ({exc})") from None
+    header = ast.literal_eval(text)
+    return header["descr"], bool(header["fortran_order"]), tuple(header["shape"])
 
 
 def tensor_array(tensor: torch.Tensor) -> Array:

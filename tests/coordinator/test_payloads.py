@@ -56,4 +56,4 @@ def test_np_save_headers_take_the_fast_path(shape) -> None:
     data = tensor_array(torch.zeros(shape)).data
     text = data[10 : 10 + int.from_bytes(data[8:10], "little")].decode("latin1")
     assert _NPY_HEADER.match(text)
-    assert _header(text, "t") == ("<f4", False, shape)
+    assert _header(text) == ("<f4", False, shape)
