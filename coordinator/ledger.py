@@ -25,7 +25,7 @@ from aggregation import ServerState
 from coordinator.checkpoints import save_checkpoint
 from coordinator.grid import StreamingGrid
 from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, repo
-from coordinator.strategy import MergeReport, RoundObserver
+from coordinator.strategy import MergeReport, RoundObserver, examples_weighted
 
 CentralEval = Callable[[ServerState], tuple[float, float, int]]
 """theta -> (loss, accuracy, examples) on the coordinator's held-out split."""
@@ -162,24 +162,16 @@ def _diagnostics(report: MergeReport) -> dict[str, object]:
     return {f"combiner-{k}": v for k, v in report.diagnostics.items()}
 
 
-def _weighted(clients: list[dict[str, float]], key: str) -> tuple[float | None, int]:
-    pairs = [(c[key], c.get("num-examples", 1.0)) for c in clients if key in c]
-    total = sum(w for _, w in pairs)
-    if not pairs or total <= 0:
-        return None, 0
-    return sum(v * w for v, w in pairs) / total, int(total)
-
-
 def _federated(clients: list[dict[str, float]]) -> list[EvaluationRecord]:
     """Examples-weighted federated evaluation of theta, and of each theta + theta_i."""
     per_client = {str(int(c.get("partition-id", i))): c for i, c in enumerate(clients)}
     out = []
-    acc, n = _weighted(clients, "eval-acc")
+    acc, n = examples_weighted(clients, "eval-acc")
     if acc is not None:
-        loss, _ = _weighted(clients, "eval-loss")
-        out.append(EvaluationRecord("federated", loss, acc, n, {"clients": per_client}))
-    acc, n = _weighted(clients, "personal-acc")
+        loss, _ = examples_weighted(clients, "eval-loss")
+        out.append(EvaluationRecord("federated", loss, acc, int(n), {"clients": per_client}))
+    acc, n = examples_weighted(clients, "personal-acc")
     if acc is not None:
-        loss, _ = _weighted(clients, "personal-loss")
-        out.append(EvaluationRecord("personalized", loss, acc, n))
+        loss, _ = examples_weighted(clients, "personal-loss")
+        out.append(EvaluationRecord("personalized", loss, acc, int(n)))
     return out

@@ -249,21 +249,31 @@ class MergeStrategy(FedAvg):
         return MetricRecord(_weighted_eval(clients))
 
 
+def examples_weighted(rows: list[dict[str, float]], key: str) -> tuple[float | None, float]:
+    """The num-examples-weighted mean of ``key`` over the rows that have it (None if none
+    does), and their total weight."""
+    pairs = [(r[key], r.get("num-examples", 1.0)) for r in rows if key in r]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None, 0.0
+    return sum(v * w for v, w in pairs) / total, total
+
+
 def _weighted_metrics(outcomes: list[ClientOutcome]) -> dict[str, float]:
-    total = sum(o.num_examples or 0.0 for o in outcomes)
-    out: dict[str, float] = {"num-clients": float(len(outcomes)), "num-examples": total}
+    rows = [{**o.metrics, "num-examples": o.num_examples or 0.0} for o in outcomes]
+    total = sum(r["num-examples"] for r in rows)
+    out = {"num-clients": float(len(outcomes)), "num-examples": total}
     for key in ("train-loss", "shared-acc", "personal-acc"):
-        pairs = [(o.metrics[key], o.num_examples or 0.0) for o in outcomes if key in o.metrics]
-        if pairs and total > 0:
-            out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
+        value, _ = examples_weighted(rows, key)
+        if value is not None:
+            out[key] = value
     return out
 
 
 def _weighted_eval(clients: list[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
+    out = {"num-clients": float(len(clients))}
     for key in ("eval-loss", "eval-acc", "personal-loss", "personal-acc"):
-        pairs = [(c[key], c.get("num-examples", 1.0)) for c in clients if key in c]
-        if pairs:
-            out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
-    out["num-clients"] = float(len(clients))
+        value, _ = examples_weighted(clients, key)
+        if value is not None:
+            out[key] = value
     return out
