@@ -27,9 +27,7 @@ console = Console()
 
 def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     try:
-        cfg = parse_run_config(overrides)
-        if cfg.resume_run:
-            cfg = _stored(cfg)
+        cfg = _checked_store(parse_run_config(overrides))
     except (ConfigError, ResumeError, StoreError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -83,13 +81,18 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     return 0
 
 
-def _stored(cfg: MergeConfig) -> MergeConfig:
+def _checked_store(cfg: MergeConfig) -> MergeConfig:
+    """Open (and migrate) the store before Ray starts, so an unreachable database or a
+    run that cannot be resumed is said at once; a resumed run's stored config."""
     engine = make_engine(resolve_db_url(cfg.db or None, cfg.out_path))
-    upgrade_to_head(engine)
-    with make_session_factory(engine).begin() as s:
-        _, stored = resumed_config(s, cfg)
-    engine.dispose()
-    return stored
+    try:
+        upgrade_to_head(engine)
+        if cfg.resume_run:
+            with make_session_factory(engine).begin() as s:
+                _, cfg = resumed_config(s, cfg)
+    finally:
+        engine.dispose()
+    return cfg
 
 
 def _start_dashboard(db_url: str, port: int):

@@ -87,3 +87,16 @@ def test_runs_show_and_export(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == ["1", "2"] and rows[1]["rejected"] == "1"
     history = json.loads(next((tmp_path / "x").glob("*-history.json")).read_text())
     assert history["run"] == run_id and len(history["rounds"]) == 2
+
+
+def test_an_unreachable_database_is_said_before_anything_starts(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:9/nowhere"  # port 9: nothing listens
+    result = runner.invoke(app, ["demo", "--no-dashboard", "--out-dir", str(tmp_path),
+                                 "--db", url, "--rounds", "1"])
+    assert result.exit_code == 2
+    assert "127.0.0.1:9" in result.output and "nowhere" in result.output
+
+
+def test_resuming_a_run_that_is_not_there_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["resume", "abc123", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no run 'abc123'" in result.output
