@@ -76,7 +76,8 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         f"\nfinal central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
         f"{result.rounds} rounds (run {result.run_id})\n"
         f"database: {result.db_url}\ncheckpoints: {cfg.out_path / 'checkpoints' / result.run_id}\n"
-        f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}"
+        f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}\n"
+        f"      fedmerge dashboard --out-dir {cfg.out_path}"
     )
     return 0
 
