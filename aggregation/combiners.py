@@ -109,8 +109,8 @@ class WeightedMean(OffsetCombiner):
         refused: dict[str, str] = {}
         norms: dict[str, float] = {}
         merged = 0
+        device = next(iter(acc.values())).device
         for u in updates:
-            device = next(iter(acc.values())).device
             xs = [x.to(device, non_blocking=True) for x in u.offset.values()]
             norm = update_norm(dict(zip(u.offset, xs, strict=True)))
             reason = refusal(norm, self.max_norm)

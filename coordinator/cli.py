@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -165,7 +166,6 @@ def coordinator(
         envvar="FEDMERGE_DASHBOARD_TOKEN", help="Needed off loopback.")] = None,
 ) -> None:
     """Run the coordinator service: Flower's SuperLink and the dashboard, until stopped."""
-    from coordinator.deploy.procs import ServiceError
     from coordinator.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
 
     opts = CoordinatorOptions(
@@ -176,12 +176,7 @@ def coordinator(
         db=db or None, dashboard=dashboard, dashboard_host=dashboard_host,
         dashboard_port=dashboard_port, dashboard_token=dashboard_token,
     )
-    try:
-        code = run_coordinator(opts, echo=lambda m: typer.echo(m, err=True))
-    except ServiceError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        code = 2
-    raise typer.Exit(code)
+    _exit_with(lambda: run_coordinator(opts, echo=lambda m: typer.echo(m, err=True)))
 
 
 @app.command()
@@ -252,21 +247,18 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="Stop waiting after S seconds.")] = None,
 ) -> None:
     """Start a run on the coordinator; exit 0 only if it completed (1 failed, 3 timeout)."""
-    from coordinator.deploy.procs import ServiceError
     from coordinator.deploy.submit import submit as submit_run
     from coordinator.deploy.submit import write_connection
 
-    try:
+    def start() -> int:
         if superlink is not None:
             write_connection(connection, address=superlink,
                              root_cert=root_cert.expanduser().resolve() if root_cert else None,
                              insecure=insecure)
-        code = submit_run(app_dir, connection, run_config or [], wait=wait, timeout=timeout,
+        return submit_run(app_dir, connection, run_config or [], wait=wait, timeout=timeout,
                           echo=typer.echo)
-    except ServiceError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        code = 2
-    raise typer.Exit(code)
+
+    _exit_with(start)
 
 
 @app.command()
@@ -290,6 +282,18 @@ def certs(
     typer.echo(f"CA {paths.ca_cert}\nSuperLink {paths.server_cert} (key {paths.server_key})")
     for private, public in paths.node_keys:
         typer.echo(f"SuperNode key {private} (register {public})")
+
+
+def _exit_with(service: Callable[[], int]) -> NoReturn:
+    """Run a deployment service and exit with its code; a ServiceError is said, exit 2."""
+    from coordinator.deploy.procs import ServiceError
+
+    try:
+        code = service()
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 2
+    raise typer.Exit(code)
 
 
 def _pairs(items: list[str]) -> dict[str, object]:

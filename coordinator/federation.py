@@ -82,10 +82,10 @@ def run_federation(
 
     streaming = grid if isinstance(grid, StreamingGrid) else StreamingGrid(grid)
     ledger = RoundLedger(
-        sessions=sessions, run_id=run_id, checkpoint_dir=out_dir / "checkpoints" / run_id,
-        grid=streaming, central_eval=central_eval, on_commit=on_commit,
+        state=state, sessions=sessions, run_id=run_id,
+        checkpoint_dir=out_dir / "checkpoints" / run_id, grid=streaming,
+        central_eval=central_eval, on_commit=on_commit,
     )
-    ledger.state = state
     strategy = build_strategy(cfg, state, ledger)
     remaining = cfg.num_server_rounds - state.round
     if not strategy.combiner.streaming or cfg.max_norm_ratio > 0:
@@ -112,7 +112,9 @@ def run_federation(
     with sessions.begin() as s:
         repo.finish_run(s, run_id, "completed")
     final = strategy.state
-    _, acc, _ = central_eval(final)
+    acc = ledger.central_accuracy  # the last round's, already measured
+    if acc is None:  # nothing left to run: a resumed run that had finished
+        _, acc, _ = central_eval(final)
     engine.dispose()
     return FederationResult(run_id, db_url, final.round, acc, final.params)
 
@@ -207,6 +209,7 @@ def _newest_good_checkpoint(
     cfg: MergeConfig, candidates: list[tuple[int, str | None, str | None]]
 ) -> tuple[ServerState, list[str]]:
     problems: list[str] = []
+    template = _initial_state(cfg)  # the model's tensor names and the optimizer's slots
     for number, path, digest in candidates:
         if not path or not digest:
             problems.append(f"round {number}: no checkpoint recorded")
@@ -217,7 +220,6 @@ def _newest_good_checkpoint(
             problems.append(f"round {number}: {exc}")
             log(WARNING, "checkpoint of round %s unusable: %s", number, exc)
             continue
-        template = _initial_state(cfg)
         if ck.params.keys() != template.params.keys():
             problems.append(f"round {number}: checkpoint {path} holds other tensors than the model")
             continue
@@ -227,4 +229,4 @@ def _newest_good_checkpoint(
         raise ResumeError(
             "no usable checkpoint among the committed rounds: " + "; ".join(problems)
         )
-    return _initial_state(cfg), problems
+    return template, problems

@@ -37,7 +37,6 @@ class _OpenRound:
     started_at: datetime
     t0: float
     report: MergeReport | None = None
-    state: ServerState | None = None
     t_merged: float = 0.0
     evaluations: list[EvaluationRecord] = field(default_factory=list)
 
@@ -46,6 +45,7 @@ class RoundLedger(RoundObserver):
     def __init__(
         self,
         *,
+        state: ServerState,
         sessions: sessionmaker[Session],
         run_id: str,
         checkpoint_dir: Path,
@@ -60,7 +60,8 @@ class RoundLedger(RoundObserver):
         self.central_eval = central_eval
         self.on_commit = on_commit
         self._open: _OpenRound | None = None
-        self.state: ServerState | None = None  # the latest merged state (for evaluate)
+        self.state = state  # the latest merged state
+        self.central_accuracy: float | None = None  # of ``state``, once evaluated
 
     # --- RoundObserver: called by MergeStrategy
     def round_started(self, server_round: int) -> None:
@@ -71,7 +72,7 @@ class RoundLedger(RoundObserver):
 
     def merged(self, report: MergeReport, state: ServerState) -> None:
         r = self._current(report.round)
-        r.report, r.state, r.t_merged = report, state, time.perf_counter()
+        r.report, r.t_merged = report, time.perf_counter()
         self.state = state
 
     def evaluated(self, server_round: int, clients: list[dict[str, float]]) -> None:
@@ -84,23 +85,24 @@ class RoundLedger(RoundObserver):
         if server_round == 0 or self._open is None:
             # The model before this coordinator's first round. The initial model is
             # recorded as round 0; a resumed one was recorded when its round committed.
-            assert self.state is not None
             loss, acc, n = self.central_eval(self.state)
+            self.central_accuracy = acc
             if self.state.round == 0:
                 initial = EvaluationRecord("central", loss, acc, n)
                 with self.sessions.begin() as s:
                     repo.add_evaluation(s, self.run_id, 0, initial)
             return MetricRecord({"central-loss": loss, "central-acc": acc})
         r = self._open
-        assert r.report is not None and r.state is not None
-        loss, acc, n = self.central_eval(r.state)
+        assert r.report is not None, f"round {r.number} ended before its merge"
+        loss, acc, n = self.central_eval(self.state)
+        self.central_accuracy = acc
         r.evaluations.append(EvaluationRecord("central", loss, acc, n))
         path, digest = save_checkpoint(
             self.checkpoint_dir,
             round_number=r.number,
-            params=r.state.params,
-            opt_state_step=r.state.opt_state.step,
-            opt_slots=r.state.opt_state.slots,
+            params=self.state.params,
+            opt_state_step=self.state.opt_state.step,
+            opt_slots=self.state.opt_state.slots,
         )
         record = RoundRecord(
             number=r.number,
