@@ -35,10 +35,13 @@ if "$PGBIN/pg_isready" -q -h "$HOST" -p "$PORT"; then
 else
     DATA="$(mktemp -d /tmp/fedmerge-pg.XXXXXX)"
     [ "$(id -u)" = 0 ] && chown postgres "$DATA"
-    as_pg "'$PGBIN/initdb' -D '$DATA' -A trust -U postgres" >/dev/null
+    # 3>&-: the server must not inherit fd 3 (the caller's $(...) pipe), or the caller's
+    # command substitution waits for it to exit, i.e. forever.
+    as_pg "'$PGBIN/initdb' -D '$DATA' -A trust -U postgres" >/dev/null 3>&-
     as_pg "'$PGBIN/pg_ctl' -D '$DATA' -w -l '$DATA/log' \
-        -o '-c listen_addresses=$HOST -p $PORT -k /tmp' start" >/dev/null
+        -o '-c listen_addresses=$HOST -p $PORT -k /tmp' start" >/dev/null 3>&- </dev/null
     echo "postgres.sh: started in $DATA (stop: pg_ctl -D $DATA stop)" >&2
+    echo "export FEDMERGE_TEST_PG_DATA=$DATA" >&3  # we started it: the caller may stop it
 fi
 
 for _ in $(seq 1 60); do
