@@ -108,6 +108,17 @@ def loss_svg(evals: Sequence[EvaluationPublic]) -> str:
     return _render("loss", draw)
 
 
+def _duration_axis_top(totals: Sequence[float]) -> float:
+    """The tallest bar, unless it is a lone outlier (round 1 carries the engine's start-up):
+    that one is cut off rather than squashing every other round to a sliver."""
+    ordered = sorted(totals)
+    top = ordered[-1] * 1.05 or 1.0
+    if len(ordered) >= 3:
+        typical = ordered[len(ordered) // 2]
+        top = min(top, max(typical * 4.0, ordered[-2] * 1.05))
+    return top
+
+
 def durations_svg(rounds: Sequence[RoundPublic]) -> str:
     """Each committed round's wall time, stacked by phase: send, wait, merge, evaluate."""
     done = [r for r in rounds if r.status == "committed"]
@@ -127,8 +138,16 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(axis="x", visible=False)
         if done:
-            ax.legend(loc="upper left", ncols=4, bbox_to_anchor=(0.0, 1.0))
-            ax.set_ylim(0.0, max(bottom) * 1.25 or 1.0)
+            # Outside, to the right: round 1 (often the tallest) sits at the upper left.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), reverse=True)
+            top = _duration_axis_top(bottom)
+            ax.set_ylim(0.0, top)
+            for number, total in zip(numbers, bottom, strict=True):
+                if total > top:  # cut off: say how tall it really is
+                    ax.annotate(f"{total:.1f} s", (number, top), xytext=(0, -3),
+                                textcoords="offset points", ha="center", va="top",
+                                fontsize=8, color="#0f172a", gid=f"duration-clipped-r{number}",
+                                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none"})
         else:
             _empty(ax, "committed rounds")
 

@@ -18,11 +18,11 @@ def _eval(n: int, kind: str, acc: float | None, loss: float | None = 1.0) -> Eva
     )
 
 
-def _round(n: int, status: str = "committed") -> RoundPublic:
+def _round(n: int, status: str = "committed", wait_s: float = 1.5) -> RoundPublic:
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
     return RoundPublic(
         number=n, status=status, attempts=1, started_at=t0, finished_at=t0 + timedelta(seconds=3),
-        send_s=0.5, wait_s=1.5, merge_s=0.25, evaluate_s=0.75, num_clients=3, num_accepted=3,
+        send_s=0.5, wait_s=wait_s, merge_s=0.25, evaluate_s=0.75, num_clients=3, num_accepted=3,
         num_rejected=0, metrics={}, checkpoint_sha256=None,
     )
 
@@ -56,6 +56,34 @@ def test_durations_stack_four_phases_for_committed_rounds_only() -> None:
     ids = set(re.findall(r'id="(duration-[a-z]+-r\d+)"', svg))
     assert ids == {f"duration-{p}-r{n}" for p in plots.PHASES for n in (1, 2)}
     assert ">Round duration by phase<" in svg and ">seconds<" in svg
+
+
+def _bar_heights(svg: str) -> dict[str, float]:
+    """Height of each round's bar stack in SVG units, from the bars' paths; a path that runs
+    off the top of the figure (the axes clip it) counts up to the figure's edge only."""
+    tree = ET.fromstring(svg)
+    heights: dict[str, float] = {}
+    for group in tree.iter(f"{SVG_NS}g"):
+        gid = group.get("id", "")
+        if m := re.fullmatch(rf"duration-(?:{'|'.join(plots.PHASES)})-(r\d+)", gid):
+            path = ET.tostring(group, "unicode")
+            ys = [max(0.0, float(y)) for y in re.findall(r"[ML] [\d.]+ (-?[\d.]+)", path)]
+            heights[m[1]] = heights.get(m[1], 0.0) + max(ys) - min(ys)
+    return heights
+
+
+def test_a_start_up_outlier_is_cut_off_and_labelled_not_squashing_the_rest() -> None:
+    rounds = [_round(1, wait_s=60.0)] + [_round(n) for n in range(2, 8)]  # 61.5 s vs 3 s
+    svg = plots.durations_svg(rounds)
+    clipped = ET.fromstring(svg).find(f".//{SVG_NS}g[@id='duration-clipped-r1']")
+    assert clipped is not None and ">61.5 s<" in ET.tostring(clipped, "unicode")
+    assert "duration-clipped-r2" not in svg
+    heights = _bar_heights(svg)
+    # Uncut, round 2 would be 3/61.5 (0.05) of round 1's height.
+    assert heights["r2"] / heights["r1"] > 0.15
+
+    even = plots.durations_svg([_round(n) for n in range(1, 8)])
+    assert "duration-clipped" not in even
 
 
 def test_empty_plots_say_so() -> None:
