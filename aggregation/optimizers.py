@@ -22,7 +22,7 @@ m_hat, v_hat are bias-corrected with the optimizer's own step count t (1, 2, ...
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -86,8 +86,40 @@ def momentum(*, lr: float = 1.0, beta: float = 0.9, nesterov: bool = False) -> S
     return ServerOptimizer("momentum", init, step)
 
 
-SecondMoment = Callable[[list[Tensor], list[Tensor]], None]
-"""Updates v in place from the squared gradient (a scratch list it may overwrite)."""
+SecondMoment = Callable[[Tensor, Tensor, Tensor], None]
+"""``second_moment(v, g2, scratch)`` updates v in place from the squared gradient g2 (one
+tensor or a block of one); it may overwrite ``scratch``, a buffer of the same shape."""
+
+BLOCK_ELEMENTS = 1 << 18
+"""On the CPU the adaptive step runs all its passes over a block of about this many
+elements of p, g, m, v before moving on, while the block is still in cache (bench/README:
+twice as fast as one pass per op over whole 10M-element tensors)."""
+
+
+def _blocks(
+    quad: tuple[Tensor, Tensor, Tensor, Tensor],
+    buffers: dict[tuple[torch.dtype, torch.device], Tensor],
+) -> Iterator[tuple[Tensor, ...]]:
+    """Pieces of (p, g, m, v) and a scratch piece of the same shape: on the CPU flat blocks
+    of BLOCK_ELEMENTS (views: in-place ops reach the tensors); elsewhere the whole tensors,
+    since a GPU runs each op over a whole tensor at once. Scratch comes from ``buffers``,
+    one per dtype and device, grown when needed and reused across tensors."""
+    g = quad[1]
+    n = g.numel()
+    if n == 0:
+        return
+    blocked = g.device.type == "cpu" and all(x.is_contiguous() for x in quad)
+    size = min(BLOCK_ELEMENTS, n) if blocked else n
+    kind = (g.dtype, g.device)
+    if kind not in buffers or buffers[kind].numel() < size:
+        buffers[kind] = g.new_empty(size)
+    if not blocked:
+        yield (*quad, buffers[kind][:n].view_as(g))
+        return
+    flat = [x.view(-1) for x in quad]
+    for start in range(0, n, size):
+        piece = [x[start : start + size] for x in flat]
+        yield (*piece, buffers[kind][: piece[0].numel()])
 
 
 def _adaptive(
@@ -109,24 +141,21 @@ def _adaptive(
     @torch.no_grad()
     def step(params: Params, grads: Params, state: OptimizerState) -> OptimizerState:
         t = state.step + 1
-        if not grads:
-            return replace(state, step=t)
-        m = _selected(params, grads, state.slots["m"])
-        v = _selected(params, grads, state.slots["v"])
-        g = list(grads.values())  # the round's scratch buffers: overwritten below
-        torch._foreach_lerp_(m, g, 1.0 - beta1)  # m <- b1 m + (1 - b1) g  (sign: Delta = -g)
-        torch._foreach_mul_(g, g)  # g <- g^2 = Delta^2
-        second_moment(v, g)
-        if bias_correction:
-            c1 = 1.0 - beta1**t
-            c2 = 1.0 - beta2_for_correction**t
-        else:
-            c1 = c2 = 1.0
-        denom = torch._foreach_sqrt(v)  # one temporary list, the size of the grads
-        torch._foreach_div_(denom, math.sqrt(c2))
-        torch._foreach_add_(denom, tau)
-        # theta <- theta + lr m_hat / (...) with m tracking g = -Delta: subtract.
-        torch._foreach_addcdiv_(_selected(params, grads), m, denom, value=-lr / c1)
+        c1 = 1.0 - beta1**t if bias_correction else 1.0
+        c2 = 1.0 - beta2_for_correction**t if bias_correction else 1.0
+        # lr m_hat / (sqrt(v_hat) + tau) == (lr sqrt(c2) / c1) m / (sqrt(v) + tau sqrt(c2))
+        eps, scale = tau * math.sqrt(c2), lr * math.sqrt(c2) / c1
+        buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        for key, g in grads.items():  # g: the round's scratch buffer, overwritten
+            quad = (params[key], g, state.slots["m"][key], state.slots["v"][key])
+            for p, gb, m, v, s in _blocks(quad, buffers):
+                m.lerp_(gb, 1.0 - beta1)  # m <- b1 m + (1 - b1) g  (sign: Delta = -g)
+                gb.mul_(gb)  # g <- g^2 = Delta^2
+                second_moment(v, gb, s)
+                torch.sqrt(v, out=s)
+                s.add_(eps)
+                # theta <- theta + lr m_hat / (...) with m tracking g = -Delta: subtract.
+                p.addcdiv_(m, s, value=-scale)
         return replace(state, step=t)
 
     return ServerOptimizer(name, init, step)
@@ -135,8 +164,8 @@ def _adaptive(
 def adagrad(*, lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3) -> ServerOptimizer:
     """FedAdagrad: v <- v + Delta^2."""
 
-    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
-        torch._foreach_add_(v, g2)
+    def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
+        v.add_(g2)
 
     return _adaptive(
         "adagrad", second_moment, lr=lr, beta1=beta1, tau=tau,
@@ -152,8 +181,8 @@ def adam(
     with eps = tau, so it runs as torch's fused kernel (one pass over params, grads, m
     and v) where the tensors allow it, else as _foreach_ kernels."""
 
-    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
-        torch._foreach_lerp_(v, g2, 1.0 - beta2)
+    def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
+        v.lerp_(g2, 1.0 - beta2)
 
     portable = _adaptive(
         "adam", second_moment, lr=lr, beta1=beta1, tau=tau,
@@ -197,12 +226,9 @@ def yogi(
 ) -> ServerOptimizer:
     """FedYogi: v <- v - (1 - b2) Delta^2 sign(v - Delta^2)."""
 
-    def second_moment(v: list[Tensor], g2: list[Tensor]) -> None:
-        sign = torch._foreach_sub(v, g2)  # temporary: v - Delta^2
-        for s in sign:
-            s.sign_()
-        torch._foreach_mul_(g2, sign)
-        torch._foreach_add_(v, g2, alpha=-(1.0 - beta2))
+    def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
+        torch.sub(v, g2, out=scratch).sign_()  # sign(v - Delta^2)
+        v.addcmul_(g2, scratch, value=-(1.0 - beta2))
 
     return _adaptive(
         "yogi", second_moment, lr=lr, beta1=beta1, tau=tau,

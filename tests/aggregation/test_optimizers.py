@@ -28,6 +28,7 @@ from aggregation import (
     adam,
     make_optimizer,
     momentum,
+    optimizers,
     sgd,
     yogi,
 )
@@ -184,6 +185,28 @@ def test_matches_reference_float32(case: str, seed: int) -> None:
             for n, slot in state.slots.items():
                 assert torch.equal(slot[k], slots_before[n][k])
     assert any(set(g) != set(params) for g in grad_sequence(seed, steps=6))
+
+
+@pytest.mark.parametrize("case", ["adagrad", "adam-nobc", "yogi"])
+def test_cpu_blocks_cut_through_tensors_and_mixed_dtypes(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU path runs the step block by block (optimizers.BLOCK_ELEMENTS): with a block
+    of 5 elements the 12 of "w" are cut in three, beside a float64 tensor and an empty one."""
+    monkeypatch.setattr(optimizers, "BLOCK_ELEMENTS", 5)
+    opt, kind, hp = CASES[case]
+    params = random_params(7)
+    params["b"] = params["b"].double()
+    params["e"] = torch.empty(0)
+    ref = Reference(kind, params, **hp)
+    state = opt.init(params)
+    for grads in grad_sequence(7, steps=5):
+        grads = {k: t.to(params[k].dtype) for k, t in grads.items()} | {"e": torch.empty(0)}
+        ref.step(grads)
+        state = opt.step(params, clone(grads), state)
+    assert params["b"].dtype == torch.float64 and params["w"].dtype == torch.float32
+    for k, t in params.items():
+        torch.testing.assert_close(t.double(), ref.params[k], rtol=1e-5, atol=1e-6)
 
 
 def test_yogi_differs_from_adam() -> None:
