@@ -6,8 +6,9 @@ SGD lr 0.05, batch 32, 2 local epochs, 30 rounds, central accuracy on the held-o
 Splits: Dirichlet(0.1), Dirichlet(0.5), pathological 2 classes per client; the same
 partitions, client seeds and initial model for every contender.
 
-Ours: sgd lr 1 (= FedAvg), momentum 0.9, adam, yogi (server-lr tuned once on
-Dirichlet 0.5 seed 0 and kept for every split; --server-lrs skips the tuning), and
+Ours: sgd lr 1 (= FedAvg), momentum 0.9, adam, yogi (server-lr, and beta1 for adam and
+yogi, tuned once on Dirichlet 0.5 seed 0 and kept for every split; --hparams skips the
+tuning), and
 `personal` mode (run last in each simulation: its offsets stay in context.state).
 Local-only: each client trains alone from the same initial model for the same budget
 (rounds x local epochs) on its own data.
@@ -15,7 +16,7 @@ Local-only: each client trains alone from the same initial model for the same bu
 One simulation per (split, seed) runs every contender in turn (bench/federated.py).
 
     python -m bench.convergence [--quick] [--seeds 1] [--rounds 30] [--clients 10]
-        [--server-lrs momentum=1,adam=0.03,yogi=0.03] [--lam 0.1]
+        [--hparams momentum=1.5,adam=0.1/0.8,yogi=0.1/0.8] [--lam 0.1]
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ SPLITS: dict[str, dict[str, Any]] = {
 }
 SPLIT_TITLES = {"dirichlet-0.1": "Dirichlet 0.1", "dirichlet-0.5": "Dirichlet 0.5",
                 "2-classes": "2 classes per client"}
-TUNING_GRID = {"momentum": [0.5, 1.0, 1.5], "adam": [0.03, 0.1, 0.3],
-               "yogi": [0.03, 0.1, 0.3]}
+# (server-lr, beta1) tried per optimizer; momentum has no beta1 (its beta stays 0.9, as
+# Flower's FedAvgM). Reddi et al. tune the server step with its moments; beta1 0.8 came
+# out of a side sweep against Flower's FedAdam (bench/README.md).
+ADAPTIVE_GRID = [(lr, b1) for lr in (0.03, 0.1, 0.3) for b1 in (0.9, 0.8)]
+TUNING_GRID = {"momentum": [(lr, 0.9) for lr in (0.5, 1.0, 1.5)], "adam": ADAPTIVE_GRID,
+               "yogi": ADAPTIVE_GRID}
+QUICK_HPARAMS = {"momentum": (1.0, 0.9), "adam": (0.03, 0.9), "yogi": (0.03, 0.9)}
+HParams = dict[str, tuple[float, float]]  # optimizer -> (server-lr, beta1)
 TARGET = 0.90
 # PERF-ANCHORS.md, 3 seeds: rounds to 0.90 (seed 0/1/2), final accuracy (3-seed mean)
 FLOWER_ANCHORS = {
@@ -59,14 +66,29 @@ def base_config(rounds: int, clients: int, seed: int, split: str) -> dict[str, A
     }
 
 
-def ours(lrs: dict[str, float], lam: float) -> list[Contender]:
+def server_optimizer(opt: str, lr: float, beta1: float, prefix: str = "ours ") -> Contender:
+    if opt == "momentum":
+        return Contender(f"{prefix}momentum 0.9 lr {lr:g}",
+                         {"optimizer": "momentum", "momentum": 0.9, "server-lr": lr})
+    return Contender(f"{prefix}{opt} lr {lr:g} b1 {beta1:g}",
+                     {"optimizer": opt, "server-lr": lr, "beta1": beta1})
+
+
+def ours(hp: HParams, lam: float) -> list[Contender]:
     return [
         Contender("ours sgd lr 1 (FedAvg)", {"optimizer": "sgd", "server-lr": 1.0}),
-        Contender(f"ours momentum 0.9 lr {lrs['momentum']:g}",
-                  {"optimizer": "momentum", "momentum": 0.9, "server-lr": lrs["momentum"]}),
-        Contender(f"ours adam lr {lrs['adam']:g}", {"optimizer": "adam", "server-lr": lrs["adam"]}),
-        Contender(f"ours yogi lr {lrs['yogi']:g}", {"optimizer": "yogi", "server-lr": lrs["yogi"]}),
+        *(server_optimizer(opt, *hp[opt]) for opt in ("momentum", "adam", "yogi")),
     ]
+
+
+def parse_hparams(text: str) -> HParams:
+    """``momentum=1.5,adam=0.1/0.8``: server-lr, then beta1 (0.9 if left out)."""
+    hp = dict(QUICK_HPARAMS)
+    for item in text.split(","):
+        opt, _, value = item.partition("=")
+        lr, _, b1 = value.partition("/")
+        hp[opt.strip()] = (float(lr), float(b1 or 0.9))
+    return hp
 
 
 def personal(lam: float) -> Contender:
@@ -83,21 +105,22 @@ def score(curve: Curve, rounds: int) -> tuple[int, float]:
     return (r if r is not None else rounds + 1, -statistics.fmean(tail))
 
 
-def tune(rounds: int, clients: int) -> tuple[dict[str, float], list[list[str]]]:
-    contenders = [
-        Contender(f"{opt} lr {lr:g}", {"optimizer": opt, "server-lr": lr, "momentum": 0.9})
-        for opt, lrs in TUNING_GRID.items() for lr in lrs
-    ]
-    print(f"tuning server-lr on Dirichlet 0.5 seed 0: {len(contenders)} runs", flush=True)
-    curves = run_contenders(base_config(rounds, clients, 0, "dirichlet-0.5"), contenders,
-                            num_clients=clients, on_done=_progress)
-    best, rows = {}, []
-    for opt, lrs in TUNING_GRID.items():
-        cands = [(score(curves[f"{opt} lr {lr:g}"], rounds), lr) for lr in lrs]
+def tune(rounds: int, clients: int) -> tuple[HParams, list[list[str]]]:
+    contenders = {(opt, *point): server_optimizer(opt, *point, prefix="")
+                  for opt, grid in TUNING_GRID.items() for point in grid}
+    print(f"tuning on Dirichlet 0.5 seed 0: {len(contenders)} runs", flush=True)
+    curves = run_contenders(base_config(rounds, clients, 0, "dirichlet-0.5"),
+                            list(contenders.values()), num_clients=clients, on_done=_progress)
+    best: HParams = {}
+    rows = []
+    for opt, grid in TUNING_GRID.items():
+        cands = [(score(curves[contenders[(opt, *point)].label], rounds), point)
+                 for point in grid]
         best[opt] = min(cands)[1]
-        for (r, neg_tail), lr in cands:
-            rows.append([opt, f"{lr:g}", r if r <= rounds else "never", f"{-neg_tail:.3f}",
-                         "chosen" if lr == best[opt] else ""])
+        for (r, neg_tail), (lr, b1) in cands:
+            rows.append([opt, f"{lr:g}", "" if opt == "momentum" else f"{b1:g}",
+                         r if r <= rounds else "never", f"{-neg_tail:.3f}",
+                         "chosen" if (lr, b1) == best[opt] else ""])
     return best, rows
 
 
@@ -240,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--splits", default=None, help=f"comma list of {','.join(SPLITS)}")
-    ap.add_argument("--server-lrs", default=None,
-                    help="momentum=..,adam=..,yogi=.. (skips the tuning)")
+    ap.add_argument("--hparams", default=None,
+                    help="momentum=LR,adam=LR[/BETA1],yogi=LR[/BETA1] (skips the tuning)")
     ap.add_argument("--lam", type=float, default=0.1, help="personal mode's lam")
     args = ap.parse_args(argv)
     from bench.common import quiet
@@ -255,15 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
 
     tuning_rows: list[list[str]] = []
-    if args.server_lrs:
-        lrs = {k: float(v) for k, v in (kv.split("=") for kv in args.server_lrs.split(","))}
+    if args.hparams:
+        hp = parse_hparams(args.hparams)
     elif args.quick:
-        lrs = {"momentum": 1.0, "adam": 0.03, "yogi": 0.03}
+        hp = dict(QUICK_HPARAMS)
     else:
-        lrs, tuning_rows = tune(rounds, clients)
-    print(f"server-lr: {lrs}", flush=True)
+        hp, tuning_rows = tune(rounds, clients)
+    print(f"server (lr, beta1): {hp}", flush=True)
 
-    contenders = [*ours(lrs, args.lam), *flower_strategies(), personal(args.lam)]
+    contenders = [*ours(hp, args.lam), *flower_strategies(), personal(args.lam)]
     results: dict[str, dict[str, Any]] = {}
     all_curves = []
     for split in splits:
@@ -282,26 +305,27 @@ def main(argv: list[str] | None = None) -> int:
         results[split] = {"curves": [{k: c.as_dict() for k, c in s.items()} for s in per_seed],
                           "local": local, "png": png.name}
     (out / "convergence.json").write_text(json.dumps(
-        {"server_lrs": lrs, "lam": args.lam, "results": results}, indent=1))
+        {"server_hparams": hp, "lam": args.lam, "results": results}, indent=1))
 
     text = [
         "# Convergence on digits: ours vs Flower's strategies\n",
         f"Machine: {machine}\n",
         f"Command: `python -m bench.convergence{' --quick' if args.quick else ''}"
         f"{f' --seeds {args.seeds}' if args.seeds != 1 else ''}"
-        f"{f' --server-lrs {args.server_lrs}' if args.server_lrs else ''}`; {clients} clients, "
+        f"{f' --hparams {args.hparams}' if args.hparams else ''}`; {clients} clients, "
         "all "
         f"sampled, {rounds} rounds, MLP, local SGD lr 0.05 batch 32, 2 local epochs; "
         f"{args.seeds} seed(s); total {time.perf_counter() - t_start:.0f} s.\n",
-        ("Server learning rates (given with --server-lrs, not tuned in this run): "
-         if args.server_lrs else
-         "Server learning rates (tuned once on Dirichlet 0.5 seed 0, kept for all splits): ")
-        + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
+        ("Server optimizers (given with --hparams, not tuned in this run): "
+         if args.hparams else
+         "Server optimizers (tuned once on Dirichlet 0.5 seed 0, kept for all splits): ")
+        + ", ".join(f"{k} lr {lr:g}" + ("" if k == "momentum" else f" beta1 {b1:g}")
+                    for k, (lr, b1) in hp.items())
         + f"; personal mode lam {args.lam:g}, sgd server-lr {1 / args.lam:g}.\n",
     ]
     if tuning_rows:
         text.append("Tuning (Dirichlet 0.5, seed 0):\n\n" + markdown_table(
-            ["optimizer", "server-lr", f"rounds to {TARGET}", "mean acc last 5", ""],
+            ["optimizer", "server-lr", "beta1", f"rounds to {TARGET}", "mean acc last 5", ""],
             tuning_rows) + "\n")
     heads = ["contender", f"rounds to {TARGET} (per seed)", "final acc", "best acc",
              "min acc last 10 rounds", "best - final", "median round s"]

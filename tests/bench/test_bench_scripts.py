@@ -60,6 +60,15 @@ def test_convergence_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.simulation
+def test_adam_sweep_quick(tmp_path: Path) -> None:
+    run_quick("adam_sweep", tmp_path)
+    table = check_table(tmp_path, "adam_sweep")
+    assert "adam lr 0.05 tau 0.001 b1 0.9" in table and "Flower FedAdam" in table
+    # Flower's row against itself: every run a tie
+    assert "0/1/0" in table.split("Flower FedAdam")[1].splitlines()[0]
+
+
+@pytest.mark.simulation
 def test_shakespeare_quick_runs_on_the_shipped_fixture(tmp_path: Path) -> None:
     # --quick reads bench/fixtures/shakespeare unless a source is given: no network
     env_source = os.environ.pop("FEDMERGE_SHAKESPEARE_SOURCE", None)
