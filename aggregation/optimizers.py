@@ -3,7 +3,9 @@
 A ``ServerOptimizer`` is a pair of functions, as in fedjax: ``init(params)`` makes the
 state, ``step(params, grads, state)`` updates ``params`` in place and returns the new
 state. ``grads`` is the round's scratch buffer: a step may overwrite it. Arithmetic runs
-as torch ``_foreach_`` kernels over the whole tensor list, in the parameters' dtype.
+in place, in the parameters' dtype: sgd and momentum as ``_foreach_`` kernels over the
+whole tensor list, the adaptive step block by block (``BLOCK_ELEMENTS``), Adam as torch's
+fused kernel where it can.
 ``grads`` may hold only some tensors (partial sub-models): the others, and their
 optimizer slots, do not move.
 
@@ -179,7 +181,7 @@ def adam(
 ) -> ServerOptimizer:
     """FedAdam: v <- b2 v + (1 - b2) Delta^2. With bias correction this is torch's Adam
     with eps = tau, so it runs as torch's fused kernel (one pass over params, grads, m
-    and v) where the tensors allow it, else as _foreach_ kernels."""
+    and v) where the tensors allow it, else as the blocked adaptive step."""
 
     def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
         v.lerp_(g2, 1.0 - beta2)
