@@ -21,7 +21,7 @@ from aggregation import (
     WeightedMean,
     make_combiner,
 )
-from aggregation.combiners import CombinerError
+from aggregation.combiners import CombinerError, update_norm
 
 DT = torch.float64
 SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
@@ -524,3 +524,25 @@ def test_weighted_mean_refuses_bad_offsets_and_leaves_the_sum_exact() -> None:
     sumsq = sum(float(t.double().square().sum()) for t in good[1].offset.values())
     expected_norm = math.sqrt(sumsq)
     assert out.norms["g5.0"] == pytest.approx(expected_norm, rel=1e-6)
+
+
+def test_update_norm_is_the_float64_norm_over_all_tensors_and_dtypes() -> None:
+    gen = torch.Generator().manual_seed(3)
+    offset = {
+        "big": torch.randn(1_000_000, generator=gen) * 1e-3,  # float32, summed by BLAS
+        "w": torch.randn(7, 5, generator=gen, dtype=torch.float64).t(),  # not contiguous
+        "h": torch.full((4,), 300.0, dtype=torch.float16),  # 300^2 overflows float16
+        "b": torch.full((3,), -2.0, dtype=torch.bfloat16),
+        "s": torch.tensor(5.0),
+    }
+    expected = math.sqrt(sum(float((t.double() ** 2).sum()) for t in offset.values()))
+    assert update_norm(offset) == pytest.approx(expected, rel=1e-6)
+    assert update_norm({}) == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_update_norm_of_a_non_finite_offset_is_not_finite(bad: float) -> None:
+    for dtype in (torch.float32, torch.float16):
+        x = torch.ones(1000, dtype=dtype)
+        x[417] = bad
+        assert not math.isfinite(update_norm({"a": torch.ones(3), "x": x}))
