@@ -99,8 +99,8 @@ class WeightedMean(OffsetCombiner):
     """The examples-weighted mean, streamed: O(P) memory whatever K, buffers reused across
     rounds, each offset checked (finite, norm within ``max_norm``) before it counts.
 
-    Per client two _foreach_ kernels run over all its tensors: the norms, then (if the
-    offset passed) the in-place axpy. A refused offset never touches the sum. (Folding
+    Per client two passes over its tensors: the norm (``update_norm``), then (if the
+    offset passed) one ``_foreach_`` in-place axpy. A refused offset never touches the sum. (Folding
     chunk by chunk into a scratch buffer, to read each offset once, measured slower on
     the CPU: the scratch writes cost what the second read saved, plus a call per chunk.)
     """
