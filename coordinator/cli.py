@@ -8,6 +8,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from coordinator.deploy.supernode import DEFAULT_POLL_S
+
 app = typer.Typer(
     help="fedmerge: federated parameter merging on Flower 1.42.",
     no_args_is_help=True,
@@ -203,6 +205,9 @@ def worker(
     ] = Path("~/.fedmerge/worker"),
     node_config: Annotated[list[str] | None, typer.Option(
         help="More node config, key=value (TOML value); repeatable.")] = None,
+    poll_interval: Annotated[float, typer.Option(
+        help="Seconds the SuperNode waits between asks for work (Flower's own: 3); each ask "
+             "is one small call to the coordinator.")] = DEFAULT_POLL_S,
 ) -> None:
     """Run a worker: a Flower SuperNode that trains on its data, on its GPU if it has one."""
     from coordinator.deploy.procs import ServiceError
@@ -221,7 +226,7 @@ def worker(
         data_dir=data.expanduser().resolve() if data else None, partition=split, device=device,
         train_tensors=train_tensors, root_cert=root_cert, auth_key=auth_key, insecure=insecure,
         isolation=isolation,  # type: ignore[arg-type]
-        extra_node_config=tuple(node_config or []),
+        extra_node_config=tuple(node_config or []), poll_interval=poll_interval,
     )
     try:
         code = run_worker(opts, echo=lambda m: typer.echo(m, err=True))

@@ -30,11 +30,11 @@ from coordinator.deploy.procs import (
     Stopped,
     Supervisor,
     child_env,
-    flwr_executable,
     free_port,
     ignore_stop_signals,
     raise_on_stop_signals,
 )
+from coordinator.deploy.supernode import DEFAULT_POLL_S
 
 Echo = Callable[[str], None]
 Isolation = Literal["warm", "subprocess"]
@@ -59,6 +59,7 @@ class WorkerOptions:
     insecure: bool = False
     isolation: Isolation = "warm"
     runtime_port: int | None = None  # the SuperNode's local Runtime API; None: a free one
+    poll_interval: float = DEFAULT_POLL_S  # the SuperNode loop's longest sleep (Flower: 3 s)
     extra_node_config: tuple[str, ...] = ()  # more key=value pairs, TOML values
 
 
@@ -109,8 +110,11 @@ def check_device(device: str, env: dict[str, str], *, timeout: float = 120.0) ->
 
 
 def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) -> list[str]:
-    argv = [
-        flwr_executable("flower-supernode"), "--superlink", opts.superlink,
+    if opts.poll_interval <= 0:
+        raise ServiceError(f"--poll-interval {opts.poll_interval}: must be > 0")
+    argv = [  # Flower's SuperNode, its loop's sleeps capped (coordinator/deploy/supernode.py)
+        sys.executable, "-m", "coordinator.deploy.supernode",
+        "--poll-interval", str(opts.poll_interval), "--", "--superlink", opts.superlink,
         "--host", "127.0.0.1", "--port", str(runtime_port),
         "--node-config", node_config(opts),
         "--isolation", "process" if opts.isolation == "warm" else "subprocess",

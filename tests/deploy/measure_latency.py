@@ -1,8 +1,10 @@
 """Round latency: Flower's simulation engine vs its deployment engine, the latter with
 Flower's default isolation (a flwr-clientapp process per message) and with process
-isolation plus the warm executor. Same run config for all: 3 rounds, 2 nodes, digits.
+isolation plus the warm executor; ``MODE@S`` sets the workers' --poll-interval to S
+(``warm@3`` polls as Flower's own SuperNode does). Same run config for all: 3 rounds,
+2 nodes, digits.
 
-    python -m tests.deploy.measure_latency [--modes sim,warm,subprocess] [--out FILE] \
+    python -m tests.deploy.measure_latency [--modes sim,warm,warm@3,subprocess] [--out FILE] \
         [--set fraction-evaluate=0.0 ...]
 
 Prints one line per round and a JSON summary (docs/deployment.md quotes it).
@@ -51,12 +53,13 @@ def simulation(root: Path) -> dict:
     return {"run_s": time.perf_counter() - t0, **_rounds(result.db_url)}
 
 
-def deployment(root: Path, isolation: str) -> dict:
+def deployment(root: Path, isolation: str, poll: str = "") -> dict:
     cluster = LocalCluster(root)
     try:
         coordinator = cluster.start_coordinator("--insecure")
+        extra = ("--poll-interval", poll) if poll else ()
         workers = [cluster.start_worker(f"w{i}", "--insecure", "--partition", f"{i}/2",
-                                        "--isolation", isolation) for i in range(2)]
+                                        "--isolation", isolation, *extra) for i in range(2)]
         t0 = time.perf_counter()
         cluster.wait_coordinator(coordinator)
         for w in workers:
@@ -86,7 +89,9 @@ def main() -> None:
                      "run_config": RUN_CONFIG}
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix=f"latency-{mode}-") as tmp:
-            r = simulation(Path(tmp)) if mode == "sim" else deployment(Path(tmp), mode)
+            isolation, _, poll = mode.partition("@")  # warm@3: a 3 s poll, as Flower's own
+            r = simulation(Path(tmp)) if mode == "sim" else deployment(Path(tmp), isolation,
+                                                                       poll)
         r["round1_s"] = r["rounds_s"][0]
         r["later_rounds_mean_s"] = statistics.mean(r["rounds_s"][1:])
         results[mode] = r

@@ -140,3 +140,37 @@ def test_a_cuda_worker_without_a_gpu_fails_at_start() -> None:
 
     with pytest.raises(ServiceError, match="torch sees no CUDA device"):
         check_device("cuda:0", child_env({"CUDA_VISIBLE_DEVICES": ""}))
+
+
+def test_worker_runs_flowers_supernode_with_its_sleeps_capped(tmp_path: Path) -> None:
+    opts = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
+                         poll_interval=0.3)
+    argv = supernode_argv(opts, 5000, None)
+    assert argv[1:6] == ["-m", "coordinator.deploy.supernode", "--poll-interval", "0.3", "--"]
+    assert argv[argv.index("--superlink") + 1] == "h:1"
+    with pytest.raises(ServiceError, match="--poll-interval"):
+        supernode_argv(WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
+                                     poll_interval=0.0), 5000, None)
+
+
+def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from flwr.supernode import start_client_internal as loop
+
+    from coordinator.deploy import supernode
+
+    monkeypatch.setattr(loop, "time", time)  # restored after the test
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    assert supernode.cap_supernode_sleeps(0.2)
+    loop.time.sleep(3)  # Flower's idle wait
+    loop.time.sleep(0.1)
+    assert slept == [0.2, 0.1]
+    assert loop.time.time is time.time and loop.time.monotonic is time.monotonic
+    time.sleep(5)  # the time module itself is untouched: no cap elsewhere
+    assert slept[-1] == 5
+
+    monkeypatch.setattr(loop, "time", object())  # a Flower whose loop changed
+    with pytest.warns(UserWarning, match="keeping its own poll interval"):
+        assert not supernode.cap_supernode_sleeps(0.2)
