@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 BENCH_REPLY_KEY = "bench-reply"
 
@@ -192,17 +192,12 @@ def run_contenders(
     if personal_at and personal_at != [len(contenders) - 1]:
         raise ValueError("a personal-mode contender must be the last one, and only one: "
                          "its offsets stay in the nodes' context.state")
-    from coordinator.simulation import use_loopback_env
-
-    use_loopback_env()
-    from flwr.simulation import run_simulation
+    from coordinator.simulation import run_server_main
 
     curves: dict[str, Curve] = {}
     work = tempfile.mkdtemp(prefix="fedmerge-bench-")
-    server = ServerApp()
 
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
+    def main(grid: Grid, context: Context) -> None:
         import logging
 
         from bench.common import quiet
@@ -227,18 +222,9 @@ def run_contenders(
             if on_done is not None:
                 on_done(curve)
 
-    cpus = os.cpu_count() or 1
-    backend = {
-        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": cpus, "num_gpus": 0, "_node_ip_address": "127.0.0.1",
-            "include_dashboard": False, "logging_level": "info" if verbose else "error",
-            "log_to_driver": verbose,
-        },
-    }
     try:
-        run_simulation(server_app=server, client_app=bench_client, num_supernodes=num_clients,
-                       backend_config=backend, verbose_logging=verbose)
+        run_server_main(main, num_clients=num_clients, client_app=bench_client,
+                        client_cpus=client_cpus, verbose=verbose)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     missing = [c.label for c in contenders if c.label not in curves]

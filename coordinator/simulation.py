@@ -15,37 +15,34 @@ from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
 from coordinator.store import RoundRecord
 
+ServerMain = Callable[[Grid, Context], None]
 
-def simulate(
-    cfg: MergeConfig,
+
+def run_server_main(
+    main: ServerMain,
     *,
     num_clients: int,
-    client_app: ClientApp | None = None,
+    client_app: ClientApp,
     client_cpus: float = 1.0,
     client_gpus: float = 0.0,
     total_cpus: int | None = None,
-    on_commit: Callable[[RoundRecord], None] | None = None,
     verbose: bool = False,
-) -> FederationResult:
-    """Run ``cfg`` on ``num_clients`` simulated SuperNodes; returns the federation's result
-    (raises what the coordinator raised)."""
+) -> None:
+    """Run ``main`` as the ServerApp of one start of Flower's simulation engine (Ray on
+    127.0.0.1) with ``num_clients`` SuperNodes; raises what ``main`` raised, which
+    ``run_simulation`` itself only logs."""
     use_loopback_env()
     from flwr.simulation import run_simulation  # after the environment is set
 
-    if client_app is None:
-        from client.client_app import app as client_app
-
-    outcome: dict[str, object] = {}
+    errors: list[BaseException] = []
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            outcome["result"] = run_federation(
-                grid, cfg, flower_run_id=context.run_id, on_commit=on_commit
-            )
-        except BaseException as exc:  # run_simulation logs and swallows: carry it out
-            outcome["error"] = exc
+            main(grid, context)
+        except BaseException as exc:
+            errors.append(exc)
             raise
 
     cpus = total_cpus or os.cpu_count() or 1
@@ -64,8 +61,35 @@ def simulate(
         server_app=server, client_app=client_app, num_supernodes=num_clients,
         backend_config=backend, verbose_logging=verbose,
     )
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    if "result" not in outcome:
+    if errors:
+        raise errors[0]
+
+
+def simulate(
+    cfg: MergeConfig,
+    *,
+    num_clients: int,
+    client_app: ClientApp | None = None,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    total_cpus: int | None = None,
+    on_commit: Callable[[RoundRecord], None] | None = None,
+    verbose: bool = False,
+) -> FederationResult:
+    """Run ``cfg`` on ``num_clients`` simulated SuperNodes; returns the federation's result
+    (raises what the coordinator raised)."""
+    if client_app is None:
+        from client.client_app import app as client_app
+
+    results: list[FederationResult] = []
+
+    def main(grid: Grid, context: Context) -> None:
+        results.append(run_federation(grid, cfg, flower_run_id=context.run_id,
+                                      on_commit=on_commit))
+
+    run_server_main(main, num_clients=num_clients, client_app=client_app,
+                    client_cpus=client_cpus, client_gpus=client_gpus, total_cpus=total_cpus,
+                    verbose=verbose)
+    if not results:
         raise RuntimeError("the simulation ended without running the coordinator")
-    return outcome["result"]  # type: ignore[return-value]
+    return results[0]

