@@ -29,7 +29,15 @@ from typing import Any
 
 import torch
 
-from bench.common import base_parser, machine_line, markdown_table, results_dir, write_report
+from bench.common import (
+    base_parser,
+    figure,
+    machine_line,
+    markdown_table,
+    results_dir,
+    save_figure,
+    write_report,
+)
 from bench.federated import Contender, Curve, flower_strategies, run_contenders
 
 SPLITS: dict[str, dict[str, Any]] = {
@@ -74,16 +82,17 @@ def server_optimizer(opt: str, lr: float, beta1: float, prefix: str = "ours ") -
                      {"optimizer": opt, "server-lr": lr, "beta1": beta1})
 
 
-def ours(hp: HParams, lam: float) -> list[Contender]:
+def ours(hp: HParams) -> list[Contender]:
     return [
         Contender("ours sgd lr 1 (FedAvg)", {"optimizer": "sgd", "server-lr": 1.0}),
         *(server_optimizer(opt, *hp[opt]) for opt in ("momentum", "adam", "yogi")),
     ]
 
 
-def parse_hparams(text: str) -> HParams:
-    """``momentum=1.5,adam=0.1/0.8``: server-lr, then beta1 (0.9 if left out)."""
-    hp = dict(QUICK_HPARAMS)
+def parse_hparams(text: str, base: HParams = QUICK_HPARAMS) -> HParams:
+    """``momentum=1.5,adam=0.1/0.8``: server-lr, then beta1 (0.9 if left out); optimizers
+    not named keep ``base``'s."""
+    hp = dict(base)
     for item in text.split(","):
         opt, _, value = item.partition("=")
         lr, _, b1 = value.partition("/")
@@ -91,11 +100,11 @@ def parse_hparams(text: str) -> HParams:
     return hp
 
 
-def personal(lam: float) -> Contender:
+def personal(lam: float, eval_fraction: float = 1.0) -> Contender:
     # theta <- theta + lr lam mean(theta_i): lr = 1/lam steps to the mean personal model
     return Contender(f"ours personal (lam {lam:g})", {
         "mode": "personal", "lam": lam, "optimizer": "sgd", "server-lr": 1.0 / lam,
-        "fraction-evaluate": 1.0})
+        "fraction-evaluate": eval_fraction})
 
 
 def score(curve: Curve, rounds: int) -> tuple[int, float]:
@@ -110,7 +119,7 @@ def tune(rounds: int, clients: int) -> tuple[HParams, list[list[str]]]:
                   for opt, grid in TUNING_GRID.items() for point in grid}
     print(f"tuning on Dirichlet 0.5 seed 0: {len(contenders)} runs", flush=True)
     curves = run_contenders(base_config(rounds, clients, 0, "dirichlet-0.5"),
-                            list(contenders.values()), num_clients=clients, on_done=_progress)
+                            list(contenders.values()), num_clients=clients, on_done=progress)
     best: HParams = {}
     rows = []
     for opt, grid in TUNING_GRID.items():
@@ -153,24 +162,24 @@ def local_only(split: str, clients: int, seed: int, rounds: int) -> dict[str, fl
             "per_client_own": own, "per_client_central": central}
 
 
-def _progress(curve: Curve) -> None:
+def progress(curve: Curve, target: float | None = TARGET) -> None:
+    """One line per finished contender."""
     if curve.error:
         print(f"  {curve.label:34s} FAILED: {curve.error}", flush=True)
         return
-    r = curve.rounds_to(TARGET)
+    reached = ""
+    if target is not None:
+        r = curve.rounds_to(target)
+        reached = f"rounds to {target}: {r if r else 'never'}  "
     print(f"  {curve.label:34s} final {curve.acc[-1]:.3f}  best {max(curve.acc):.3f}  "
-          f"rounds to {TARGET}: {r if r else 'never'}  ({curve.seconds:.1f} s)", flush=True)
+          f"{reached}({curve.seconds:.1f} s)", flush=True)
 
 
 def plot(title: str, curves: dict[str, Curve], path: Path, *, target: float | None = TARGET,
          ylabel: str = "central accuracy (held-out 20%)") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = figure(size=(7.5, 4.5))
     for label, c in curves.items():
         if c.acc:
             style = "--" if label.startswith("Flower") else "-"
@@ -185,9 +194,7 @@ def plot(title: str, curves: dict[str, Curve], path: Path, *, target: float | No
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def summary_rows(per_seed: list[dict[str, Curve]], target: float = TARGET,
@@ -286,20 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         hp, tuning_rows = tune(rounds, clients)
     print(f"server (lr, beta1): {hp}", flush=True)
 
-    contenders = [*ours(hp, args.lam), *flower_strategies(), personal(args.lam)]
+    contenders = [*ours(hp), *flower_strategies(), personal(args.lam)]
     results: dict[str, dict[str, Any]] = {}
-    all_curves = []
+    curves_of: dict[str, list[dict[str, Curve]]] = {}  # split -> per seed
     for split in splits:
         per_seed, local = [], []
         for seed in range(args.seeds):
             print(f"== {split}, seed {seed}", flush=True)
             curves = run_contenders(base_config(rounds, clients, seed, split), contenders,
-                                    num_clients=clients, on_done=_progress)
+                                    num_clients=clients, on_done=progress)
             per_seed.append(curves)
             local.append(local_only(split, clients, seed, rounds))
             print(f"  local-only: own {local[-1]['own']:.3f}, central "
                   f"{local[-1]['central']:.3f}", flush=True)
-        all_curves += per_seed
+        curves_of[split] = per_seed
         png = out / f"convergence-{split}.png"
         plot(f"digits, {clients} clients, {SPLIT_TITLES[split]} (seed 0)", per_seed[0], png)
         results[split] = {"curves": [{k: c.as_dict() for k, c in s.items()} for s in per_seed],
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     pers_label = personal(args.lam).label
     pers_rows = []
     for split in splits:
-        per_seed = [{k: Curve(**v) for k, v in s.items()} for s in results[split]["curves"]]
+        per_seed = curves_of[split]
         text.append(f"## {SPLIT_TITLES[split]}\n\n"
                     + markdown_table(heads, summary_rows(per_seed)) + "\n")
         text.append(f"![{split}]({results[split]['png']})\n")
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                           "local-only (central)",
                           "clients with personal >= own local-only (worst difference)"],
                          pers_rows) + "\n")
-    text.append(overhead_note(all_curves) + "\n")
+    text.append(overhead_note([c for per_seed in curves_of.values() for c in per_seed]) + "\n")
     text.append("## Flower's figures in PERF-ANCHORS.md (3 seeds), for orientation\n\n"
                 + markdown_table(["split", "FedAvg", "FedAvgM (0.9)", "FedAdam eta 0.1",
                                   "FedProx mu 0.1"],

@@ -18,6 +18,7 @@ as a warm-up), and the growth from K = 2 in model sizes (target for ours: < 2).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -28,11 +29,13 @@ from pathlib import Path
 
 from bench.common import (
     base_parser,
+    figure,
     fmt_n,
     machine_line,
     markdown_table,
     parse_n,
     results_dir,
+    save_figure,
     write_report,
 )
 
@@ -47,11 +50,6 @@ TARGET_MODEL_SIZES = 2.0
 
 def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(kind: str, k: int, p: int) -> dict:
@@ -104,11 +102,10 @@ def worker(kind: str, k: int, p: int) -> dict:
     for _ in replies(1):  # warm-up: the cost of building one reply is not the merge's
         pass
     before = _maxrss_bytes()
-    current_before = _current_rss_bytes()
     merge()
     peak = _maxrss_bytes()
     return {"kind": kind, "k": k, "p": p, "peak": peak, "before": before,
-            "current_before": current_before, "added": max(0, peak - before)}
+            "added": max(0, peak - before)}
 
 
 def run_one(kind: str, k: int, p: int) -> dict:
@@ -122,12 +119,8 @@ def run_one(kind: str, k: int, p: int) -> dict:
 
 
 def plot(rows: dict[str, list[dict]], model_bytes: int, path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = figure(size=(7, 4.2))
     for kind, rs in rows.items():
         ax.plot([r["k"] for r in rs], [r["peak"] / 2**20 for r in rs], marker="o",
                 label=KINDS[kind])
@@ -139,9 +132,7 @@ def plot(rows: dict[str, list[dict]], model_bytes: int, path: Path) -> None:
     ax.set_ylabel("peak RSS of the process (MiB)")
     ax.set_title(f"Coordinator memory, P = {fmt_n(base[0]['p'])} float32, replies built lazily")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p", type=parse_n, default=None)
     ap.add_argument("--ks", default=None)
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--worker", default=None, help=argparse_hidden())
-    ap.add_argument("--k", type=int, default=0, help=argparse_hidden())
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.k, args.p)))
@@ -202,12 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     ])
     write_report(out, "memory", text)
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

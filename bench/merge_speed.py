@@ -40,6 +40,7 @@ from bench.common import (
     FakeGrid,
     Variant,
     base_parser,
+    figure,
     fmt_n,
     machine_line,
     markdown_table,
@@ -51,6 +52,7 @@ from bench.common import (
     ratios,
     results_dir,
     round_robin,
+    save_figure,
     stamp,
     train_reply,
     write_report,
@@ -80,6 +82,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     from flwr.serverapp.strategy import FedAdam, FedAvg
 
     from aggregation import ServerState, WeightedMean, sgd
+    from coordinator.payloads import params_record
     from coordinator.replies import UpdateLimits, decode_reply
     from coordinator.strategy import MergeStrategy
 
@@ -110,7 +113,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     template = zeros()
     limits = UpdateLimits()
     core_combiner = WeightedMean()
-    decode_kw = _decode_kwargs(decode_reply, core_combiner)
+    decode_kw = {"check_values": not core_combiner.guards_values}
 
     def core() -> object:
         return core_combiner.combine(
@@ -134,7 +137,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
         return opt.step(step_params, step_grads, step_state)
 
     def output_record() -> object:
-        return _output_record(step_params)
+        return params_record(step_params)
 
     # --- Flower
     fedavg = FedAvg()
@@ -183,26 +186,6 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
 
     return {"k": k, "p": p, "times": times, "nbytes": nbytes, "profile": prof_text,
             "memcpy_bytes": 2 * memcpy_elems * 4}
-
-
-def _decode_kwargs(decode_reply, combiner) -> dict:
-    """decode_reply's options as MergeStrategy passes them (the API has grown options)."""
-    import inspect
-
-    if "check_values" in inspect.signature(decode_reply).parameters:
-        return {"check_values": not getattr(combiner, "guards_values", False)}
-    return {}
-
-
-def _output_record(params: dict[str, torch.Tensor]):
-    """The ArrayRecord the strategy returns, built the way it builds it."""
-    try:
-        from coordinator.payloads import params_record
-    except ImportError:
-        from flwr.app import ArrayRecord
-
-        return ArrayRecord({n: t.detach().cpu() for n, t in params.items()})
-    return params_record(params)
 
 
 def merge_table(res: dict) -> tuple[str, dict[str, list[float]]]:
@@ -319,16 +302,12 @@ def optimizer_bench(p: int, reps: int) -> tuple[str, dict[str, list[float]], dic
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = ["limit: fused axpy loop", "ours: MergeStrategy.aggregate_train (sgd lr 1)",
              "ours: core merge (decode + WeightedMean)", "Flower FedAvg.aggregate_train",
              "Flower FedAdam.aggregate_train"]
     labels = ["limit (axpy)", "ours: strategy", "ours: core", "Flower FedAvg", "Flower FedAdam"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = figure(size=(8, 4))
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         vals = [r["nbytes"] / statistics.median(r["times"][name]) / 1e9 for r in results]
@@ -338,9 +317,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_ylabel("GB/s of client data merged (median)")
     ax.set_title("Merging K replies of P float32 (same replies, same run)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def verdict(xs: list[float], target: float) -> str:

@@ -45,10 +45,12 @@ import torch
 from bench.common import (
     MissingDependency,
     base_parser,
+    figure,
     machine_line,
     markdown_table,
     require,
     results_dir,
+    save_figure,
     write_report,
 )
 
@@ -162,11 +164,12 @@ def local_only(schools: list[School], rho: float) -> torch.Tensor:
     return torch.linalg.solve(a + rho * eye, b)  # (K, d)
 
 
-def explained(schools: list[School], models: torch.Tensor, *, test: bool = True) -> dict:
-    """models: (d,) shared or (K, d) per school. Pooled and per-school explained variance."""
+def explained(schools: list[School], models: torch.Tensor) -> dict:
+    """models: (d,) shared or (K, d) per school. Pooled and per-school explained variance
+    on each school's test part."""
     sse, ys, per = 0.0, [], []
     for i, s in enumerate(schools):
-        x, y = (s.x_test, s.y_test) if test else (s.x_train, s.y_train)
+        x, y = s.x_test, s.y_test
         w = (models if models.dim() == 1 else models[i]).numpy()
         err = float(((x @ w - y) ** 2).sum())
         sse += err
@@ -188,12 +191,10 @@ def one_split(data, seed: int, rounds: int, lams: list[float]) -> dict:
     val_rho = {rho: explained(fit, local_only(fit, rho))["pooled"] for rho in RHOS}
     lam_best = max(val_lam, key=val_lam.get)
     rho_best = max(val_rho, key=val_rho.get)
-    sweep = {}
-    for lam in lams:
-        fed = federated_personal(schools, lam, rounds)
-        sweep[lam] = {"test": explained(schools, fed["personal"]), "gap": fed["gap"],
-                      "rounds": fed["rounds"]}
-    fed = federated_personal(schools, lam_best, rounds)
+    feds = {lam: federated_personal(schools, lam, rounds) for lam in lams}
+    sweep = {lam: {"test": explained(schools, fed["personal"]), "gap": fed["gap"],
+                   "rounds": fed["rounds"]} for lam, fed in feds.items()}
+    fed = feds[lam_best]
     shared = explained(schools, shared_only(schools))
     local = explained(schools, local_only(schools, rho_best))
     personal = sweep[lam_best]["test"]
@@ -210,12 +211,8 @@ def _ms(xs: list[float]) -> str:
 
 
 def plot(results: list[dict], lams: list[float], path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = figure(2, size=(11, 4.2))
     ev = [statistics.fmean(r["sweep"][lam]["test"]["pooled"] for r in results) for lam in lams]
     ax1.plot(lams, ev, marker="o", label="personal (theta + v_i)")
     ax1.axhline(statistics.fmean(r["shared"]["pooled"] for r in results), color="C1",
@@ -234,9 +231,7 @@ def plot(results: list[dict], lams: list[float], path: Path) -> None:
     ax2.set_xlabel("shared-only, per school")
     ax2.set_ylabel(f"personal (lam {r0['lam']:g}), per school")
     ax2.set_title("Explained variance per school (split 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,9 @@ layer, 66K parameters). Each sampled client runs 1 local epoch of SGD (lr 1.0, b
 the held-out last 20% of every role's lines (10 windows per role, 1,500 in all).
 
 Contenders: ours sgd lr 1 (= FedAvg), momentum, adam, yogi (server-lr fixed, not tuned
-here: momentum 1 as Flower's FedAvgM, adam and yogi 0.1 as the digits tuning chose and
-as Flower's FedAdam eta; --server-lrs changes them), `personal` mode (last; evaluated on 20% of the
-clients per round), Flower's FedAvg, FedAvgM (0.9), FedAdam (eta 0.1), FedProx (mu 0.1).
+here: momentum 1 as Flower's FedAvgM, adam and yogi 0.1 as Flower's FedAdam eta, beta1
+0.9; --hparams changes them), `personal` mode (last; evaluated on 20% of the clients per
+round), Flower's FedAvg, FedAvgM (0.9), FedAdam (eta 0.1), FedProx (mu 0.1).
 Local-only: each client evaluated in personal mode's last round, trained alone for as
 many local epochs as it trained there.
 
@@ -19,7 +19,7 @@ shipped fixture (bench/fixtures/shakespeare: the first scenes of Othello, 3 role
 3 clients and 2 rounds, so it never needs the network.
 
     python -m bench.shakespeare [--quick] [--rounds 20] [--per-round 10]
-        [--server-lrs momentum=1,adam=0.1,yogi=0.1] [--lam 0.1]
+        [--hparams momentum=1,adam=0.1,yogi=0.1] [--lam 0.1]
 """
 
 from __future__ import annotations
@@ -33,26 +33,27 @@ from typing import Any
 import torch
 
 from bench.common import base_parser, machine_line, markdown_table, quiet, results_dir, write_report
-from bench.convergence import personal, personal_rows, plot, summary_rows
-from bench.federated import Contender, Curve, flower_strategies, run_contenders
+from bench.convergence import (
+    HParams,
+    ours,
+    parse_hparams,
+    personal,
+    personal_rows,
+    plot,
+    progress,
+    summary_rows,
+)
+from bench.federated import Contender, flower_strategies, run_contenders
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
 FIXTURE_MIN_LINES = 20
-DEFAULT_LRS = {"momentum": 1.0, "adam": 0.1, "yogi": 0.1}
+DEFAULT_HPARAMS: HParams = {"momentum": (1.0, 0.9), "adam": (0.1, 0.9), "yogi": (0.1, 0.9)}
 
 
-def contenders(lrs: dict[str, float], lam: float, fraction: float, per_round: int,
+def contenders(hp: HParams, lam: float, fraction: float, per_round: int,
                eval_fraction: float) -> list[Contender]:
-    ours = [
-        Contender("ours sgd lr 1 (FedAvg)", {"optimizer": "sgd", "server-lr": 1.0}),
-        Contender(f"ours momentum 0.9 lr {lrs['momentum']:g}",
-                  {"optimizer": "momentum", "momentum": 0.9, "server-lr": lrs["momentum"]}),
-        Contender(f"ours adam lr {lrs['adam']:g}", {"optimizer": "adam", "server-lr": lrs["adam"]}),
-        Contender(f"ours yogi lr {lrs['yogi']:g}", {"optimizer": "yogi", "server-lr": lrs["yogi"]}),
-    ]
-    pers = personal(lam)
-    pers = Contender(pers.label, {**pers.overrides, "fraction-evaluate": eval_fraction})
-    return [*ours, *flower_strategies(fraction_train=fraction, min_train=per_round), pers]
+    return [*ours(hp), *flower_strategies(fraction_train=fraction, min_train=per_round),
+            personal(lam, eval_fraction)]
 
 
 def local_only(clients: dict[str, int], epochs: int, lr: float, seed: int) -> dict[str, Any]:
@@ -77,21 +78,14 @@ def local_only(clients: dict[str, int], epochs: int, lr: float, seed: int) -> di
     return {"per_client_own": own, "per_client_central": central}
 
 
-def _progress(curve: Curve) -> None:
-    if curve.error:
-        print(f"  {curve.label:34s} FAILED: {curve.error}", flush=True)
-    else:
-        print(f"  {curve.label:34s} final {curve.acc[-1]:.3f}  best {max(curve.acc):.3f}  "
-              f"({curve.seconds:.0f} s)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = base_parser(__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--per-round", type=int, default=None, help="clients sampled per round")
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--local-lr", type=float, default=1.0)
-    ap.add_argument("--server-lrs", default=None, help="momentum=..,adam=..,yogi=..")
+    ap.add_argument("--hparams", default=None,
+                    help="momentum=LR,adam=LR[/BETA1],yogi=LR[/BETA1]")
     ap.add_argument("--lam", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default=None,
@@ -122,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     per_round = min(n, args.per_round or (3 if args.quick else 10))
     fraction = 1.0 if per_round >= n else (per_round + 0.5) / n  # int(n * f) == per_round
     eval_fraction = 1.0 if args.quick else 0.2
-    lrs = dict(DEFAULT_LRS)
-    if args.server_lrs:
-        lrs.update({k: float(v) for k, v in (kv.split("=") for kv in args.server_lrs.split(","))})
+    hp = parse_hparams(args.hparams, DEFAULT_HPARAMS) if args.hparams else DEFAULT_HPARAMS
     base = {
         "num-server-rounds": rounds, "num-clients": n, "min-nodes": per_round,
         "fraction-train": fraction, "fraction-evaluate": 0.0, "dataset": "shakespeare",
@@ -135,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} clients (roles with >= {shakespeare.min_lines()} lines), {per_round} per "
           f"round, {rounds} rounds, central test {len(x_test)} windows; source {source}",
           flush=True)
-    cs = contenders(lrs, args.lam, fraction, per_round, eval_fraction)
-    curves = run_contenders(base, cs, num_clients=n, on_done=_progress)
+    cs = contenders(hp, args.lam, fraction, per_round, eval_fraction)
+    curves = run_contenders(base, cs, num_clients=n,
+                            on_done=lambda curve: progress(curve, target=None))
     pers = curves[cs[-1].label]
     evaluated = {pid: pers.participation.get(pid, 0) for pid, m in pers.clients.items()
                  if "personal-acc" in m}
@@ -146,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(f"Shakespeare, {n} roles, {per_round} per round (seed {args.seed})", curves, png,
          target=None, ylabel="central accuracy (held-out lines of every role)")
     (out / "shakespeare.json").write_text(json.dumps(
-        {"server_lrs": lrs, "curves": {k: c.as_dict() for k, c in curves.items()},
+        {"server_hparams": hp, "curves": {k: c.as_dict() for k, c in curves.items()},
          "local": local}, indent=1))
 
     fedavg = curves["Flower FedAvg"]
@@ -162,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.local_lr:g}, batch 32, {args.local_epochs} local epoch(s) over <= "
         f"{shakespeare.MAX_TRAIN} windows; central test = {len(x_test)} held-out windows; "
         f"seed {args.seed}; total {time.perf_counter() - t_start:.0f} s.\n",
-        "Server learning rates (fixed, not tuned here: momentum as Flower's FedAvgM, adam "
+        "Server optimizers (fixed, not tuned here: momentum as Flower's FedAvgM, adam "
         "and yogi as the digits tuning chose and as Flower's FedAdam eta): "
-        + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
+        + ", ".join(f"{k} lr {lr:g}" + ("" if k == "momentum" else f" beta1 {b1:g}")
+                    for k, (lr, b1) in hp.items())
         + f"; personal mode lam {args.lam:g}, sgd server-lr {1 / args.lam:g}.\n",
         markdown_table(heads, summary_rows([curves], target=target, tail_rounds=5)) + "\n",
         f"![shakespeare]({png.name})\n",
