@@ -77,6 +77,10 @@ def clip_factor(offset: Params, clip_norm: float, *, norm: float | None = None) 
     return 1.0 if norm <= clip_norm else clip_norm / norm
 
 
+def _clip_factor(u: ClientUpdate, clip_norm: float) -> float:
+    return clip_factor(u.offset, clip_norm, norm=u.norm)
+
+
 class OffsetCombiner(ABC):
     """Turns the round's client updates into one offset."""
 
@@ -130,7 +134,8 @@ class WeightedMean(OffsetCombiner):
         device = next(iter(acc.values())).device
         for u in updates:
             xs = [x.to(device, non_blocking=True) for x in u.offset.values()]
-            norm = update_norm(dict(zip(u.offset, xs, strict=True)))
+            if (norm := u.norm) is None:  # not measured on decoding: measure it here
+                norm = update_norm(dict(zip(u.offset, xs, strict=True)))
             reason = refusal(norm, self.max_norm)
             if reason is not None:
                 refused[u.client_id] = reason
@@ -173,7 +178,7 @@ class FisherWeightedMean(OffsetCombiner):
         sent: set[str] = set()
         n = 0
         for u in updates:
-            scale = clip_factor(u.offset, self.clip_norm)
+            scale = _clip_factor(u, self.clip_norm)
             for k, t in u.offset.items():
                 fisher = u.fisher.get(k) if u.fisher else None
                 if fisher is None:
@@ -197,12 +202,14 @@ class _StackingCombiner(OffsetCombiner):
     @torch.no_grad()
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
         ups = list(updates)  # O(K x P): these combiners need every offset at once
-        scales = [clip_factor(u.offset, self.clip_norm) for u in ups]
+        scales = [_clip_factor(u, self.clip_norm) for u in ups]
         out: Params = {}
         for k in template:
             rows = [(u, s) for u, s in zip(ups, scales, strict=True) if k in u.offset]
             if rows:
-                stacked = torch.stack([u.offset[k] * s for u, s in rows])  # (K_k, *shape)
+                stacked = torch.stack([u.offset[k] for u, _ in rows])  # (K_k, *shape)
+                if self.clip_norm > 0:
+                    stacked.mul_(_column([s for _, s in rows], stacked))
                 out[k] = self.reduce(stacked, [u.weight for u, _ in rows])
         return CombineResult(out, len(ups))
 
@@ -254,6 +261,7 @@ class Krum(OffsetCombiner):
         super().__init__(clip_norm=clip_norm)
         self.byzantine = byzantine
         self.num_selected = num_selected
+        self._mean = WeightedMean(clip_norm=clip_norm)
 
     @torch.no_grad()
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
@@ -266,24 +274,27 @@ class Krum(OffsetCombiner):
             )
         if any(set(u.offset) != set(template) for u in ups):
             raise CombinerError("krum needs every client to send every tensor")
-        scales = [clip_factor(u.offset, self.clip_norm) for u in ups]
+        scales = [_clip_factor(u, self.clip_norm) for u in ups]
         dist = torch.zeros(k, k, dtype=torch.float64)
         for name in template:
-            rows = [u.offset[name].reshape(-1) * s for u, s in zip(ups, scales, strict=True)]
-            x = torch.stack(rows)  # (K, numel)
-            dist += torch.cdist(x.double(), x.double()).square()  # (K, K)
+            x = torch.stack([u.offset[name].reshape(-1) for u in ups]).double()  # (K, numel)
+            if self.clip_norm > 0:
+                x.mul_(_column(scales, x))
+            dist += torch.cdist(x, x).square()  # (K, K)
         nearest = k - self.byzantine - 2
         # Row i's smallest value is its zero self-distance: skip it.
         scores = dist.sort(dim=1).values[:, 1 : nearest + 1].sum(dim=1)
         m = k - self.byzantine if self.num_selected is None else self.num_selected
         chosen = scores.argsort()[:m].tolist()
-        picked = [
-            ClientUpdate({n: t * scales[i] for n, t in ups[i].offset.items()}, ups[i].weight)
-            for i in chosen
-        ]
-        mean = WeightedMean().combine(picked, template)
+        mean = self._mean.combine([ups[i] for i in chosen], template)  # clips them alike
         diag: dict[str, float | list[str]] = {"selected": [ups[i].client_id for i in chosen]}
         return CombineResult(mean.offset, k, diag)
+
+
+def _column(values: list[float], like: Tensor) -> Tensor:
+    """``values`` shaped (K, 1, ...) to scale the rows of a stacked (K, ...) tensor."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(
+        -1, *[1] * (like.dim() - 1))
 
 
 def make_combiner(

@@ -23,6 +23,7 @@ class ClientUpdate:
     weight: float  # m_i, the client's number of examples
     fisher: Params | None = None
     client_id: str = ""
+    norm: float | None = None  # the offset's L2 norm when already measured, else None
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def run_federation(
     )
     strategy = build_strategy(cfg, state, ledger)
     remaining = cfg.num_server_rounds - state.round
-    if not strategy.combiner.streaming or cfg.max_norm_ratio > 0:
+    if strategy.holds_every_offset:
         log(WARNING, "combiner %s holds every offset of a round: memory O(K x P), not O(P)",
             cfg.combiner)
     log(INFO, "run %s: %s rounds to go (%s done), db %s", run_id, remaining, state.round, db_url)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from aggregation import ClientUpdate, Params
@@ -35,8 +36,12 @@ class UpdateLimits:
 @dataclass(frozen=True)
 class DecodedReply:
     update: ClientUpdate
-    norm: float
     metrics: dict[str, float]
+
+    @property
+    def norm(self) -> float:
+        """The offset's norm, NaN when it was not checked here."""
+        return math.nan if self.update.norm is None else self.update.norm
 
 
 def decode_reply(
@@ -77,12 +82,8 @@ def decode_reply(
         fisher = _checked_tensors(_record(content, FISHER_KEY, ArrayRecord), template, "fisher")
         if set(fisher) != set(offset):
             raise UpdateRejected("fisher names other tensors than the offset")
-        if any(bool((f < 0).any()) for f in fisher.values()):
-            raise UpdateRejected("fisher has negative entries")
-
-    if fisher is not None and not math.isfinite(update_norm(fisher)):
-        raise UpdateRejected("fisher has non-finite values (NaN or Inf)")
-    norm = math.nan
+        _check_fisher_values(fisher)
+    norm = None
     if check_values:
         # One pass for both checks: any NaN/Inf makes the norm non-finite.
         norm = update_norm(offset)
@@ -91,8 +92,33 @@ def decode_reply(
             raise UpdateRejected(reason)
 
     client_id = str(msg.metadata.src_node_id)
-    plain = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    return DecodedReply(ClientUpdate(offset, examples, fisher, client_id), norm, plain)
+    plain = numeric(metrics)
+    return DecodedReply(ClientUpdate(offset, examples, fisher, client_id, norm), plain)
+
+
+def numeric(metrics: MetricRecord) -> dict[str, float]:
+    """The record's scalar metrics as floats; list-valued ones are left out."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def reply_metrics(msg: Message) -> dict[str, float] | None:
+    """An evaluate reply's scalar metrics, or None for an error reply or one without a
+    MetricRecord under ``METRICS_KEY``."""
+    if msg.has_error() or not isinstance(msg.content.get(METRICS_KEY), MetricRecord):
+        return None
+    return numeric(msg.content[METRICS_KEY])
+
+
+def _check_fisher_values(fisher: Params) -> None:
+    """Finite and >= 0, in one read per tensor (min and max together)."""
+    for f in fisher.values():
+        if f.numel() == 0:
+            continue
+        lo, hi = (float(x) for x in torch.aminmax(f))
+        if math.isnan(lo) or math.isinf(lo) or math.isinf(hi):
+            raise UpdateRejected("fisher has non-finite values (NaN or Inf)")
+        if lo < 0:
+            raise UpdateRejected("fisher has negative entries")
 
 
 def _record(content: Mapping, key: str, kind: type) -> object:

@@ -30,7 +30,7 @@ from aggregation import (
 )
 from aggregation.combiners import CombinerError, CombineResult
 from coordinator.payloads import params_record
-from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply
+from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply, reply_metrics
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,18 @@ class MergeStrategy(FedAvg):
     ) -> Iterable[Message]:
         return super().configure_evaluate(self._state.round, arrays, config, grid)
 
+    @property
+    def holds_every_offset(self) -> bool:
+        """Whether a round keeps all its offsets at once (memory O(K x P), not O(P)): a
+        non-streaming combiner, or a bound relative to the round's median norm."""
+        return self.max_norm_ratio > 0 or not self.combiner.streaming
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         number = self.global_round(server_round)
         template = self._state.params
-        materialize = self.max_norm_ratio > 0 or not self.combiner.streaming
+        materialize = self.holds_every_offset
         intake = _Intake(
             number, template, self.limits,
             check_values=materialize or not self.combiner.guards_values,
@@ -238,15 +244,12 @@ class MergeStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        ok = [m for m in replies if not m.has_error()]
-        clients = [
-            {k: float(v) for k, v in m.content["metrics"].items()}
-            for m in ok if "metrics" in m.content
-        ]
+        clients = [metrics for m in replies if (metrics := reply_metrics(m)) is not None]
         self.observer.evaluated(self._state.round, clients)
         if not clients:
             return None
-        return MetricRecord(_weighted_eval(clients))
+        return MetricRecord({"num-clients": float(len(clients)), **_weighted(
+            clients, ("eval-loss", "eval-acc", "personal-loss", "personal-acc"))})
 
 
 def examples_weighted(rows: list[dict[str, float]], key: str) -> tuple[float | None, float]:
@@ -262,18 +265,11 @@ def examples_weighted(rows: list[dict[str, float]], key: str) -> tuple[float | N
 def _weighted_metrics(outcomes: list[ClientOutcome]) -> dict[str, float]:
     rows = [{**o.metrics, "num-examples": o.num_examples or 0.0} for o in outcomes]
     total = sum(r["num-examples"] for r in rows)
-    out = {"num-clients": float(len(outcomes)), "num-examples": total}
-    for key in ("train-loss", "shared-acc", "personal-acc"):
-        value, _ = examples_weighted(rows, key)
-        if value is not None:
-            out[key] = value
-    return out
+    return {"num-clients": float(len(outcomes)), "num-examples": total,
+            **_weighted(rows, ("train-loss", "shared-acc", "personal-acc"))}
 
 
-def _weighted_eval(clients: list[dict[str, float]]) -> dict[str, float]:
-    out = {"num-clients": float(len(clients))}
-    for key in ("eval-loss", "eval-acc", "personal-loss", "personal-acc"):
-        value, _ = examples_weighted(clients, key)
-        if value is not None:
-            out[key] = value
-    return out
+def _weighted(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    """The examples-weighted mean of each of ``keys`` that some row has."""
+    means = {key: examples_weighted(rows, key)[0] for key in keys}
+    return {key: value for key, value in means.items() if value is not None}
