@@ -92,14 +92,14 @@ def evaluate_shared(msg: Message, context: Context) -> Message:
     task = ClientTask.from_config(msg.content["config"])
     pid, data = load_client_data(task, context.node_config)
     device = pick_device(task.device)
-    model = load_params(build_model(task.model), msg.content["arrays"].to_torch_state_dict())
+    theta = msg.content["arrays"].to_torch_state_dict()
+    model = load_params(build_model(task.model), theta)
     loss, acc = evaluate(model, data.x_val, data.y_val, device)
     metrics: dict[str, float | int] = {
         "eval-loss": loss, "eval-acc": acc, "num-examples": len(data.y_val), "partition-id": pid,
     }
     offset = _stored_offset(context)
     if task.mode == "personal" and offset is not None:
-        theta = msg.content["arrays"].to_torch_state_dict()
         model = load_params(model, theta, offset)
         metrics["personal-loss"], metrics["personal-acc"] = evaluate(
             model, data.x_val, data.y_val, device
