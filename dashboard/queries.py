@@ -77,22 +77,30 @@ def find_run(s: Session, run_id: str) -> RunRow:
     return run
 
 
-def _summaries(s: Session, where: ColumnElement[bool] | None = None) -> list[RunPublic]:
+def _summaries(s: Session, run_id: str | None = None) -> list[RunPublic]:
+    """Every run's summary, or only ``run_id``'s (then each count reads that run's rows
+    only, not the whole store's)."""
+
+    def only(column: Any) -> tuple[ColumnElement[bool], ...]:
+        return () if run_id is None else (column == run_id,)
+
     done = (
         select(RoundRow.run_id, func.count(RoundRow.id).label("n"))
-        .where(RoundRow.status == "committed")
+        .where(RoundRow.status == "committed", *only(RoundRow.run_id))
         .group_by(RoundRow.run_id)
         .subquery()
     )
     nodes = (
         select(ClientUpdateRow.run_id, func.count(distinct(ClientUpdateRow.node_id)).label("n"))
-        .where(_committed(ClientUpdateRow.run_id, ClientUpdateRow.round_number))
+        .where(_committed(ClientUpdateRow.run_id, ClientUpdateRow.round_number),
+               *only(ClientUpdateRow.run_id))
         .group_by(ClientUpdateRow.run_id)
         .subquery()
     )
     best = (
         select(EvaluationRow.run_id, func.max(EvaluationRow.accuracy).label("acc"))
-        .where(EvaluationRow.kind == "central", _counted_evaluation())
+        .where(EvaluationRow.kind == "central", _counted_evaluation(),
+               *only(EvaluationRow.run_id))
         .group_by(EvaluationRow.run_id)
         .subquery()
     )
@@ -103,8 +111,7 @@ def _summaries(s: Session, where: ColumnElement[bool] | None = None) -> list[Run
         .outerjoin(best, best.c.run_id == RunRow.id)
         .order_by(RunRow.started_at.desc(), RunRow.id)
     )
-    if where is not None:
-        stmt = stmt.where(where)
+    stmt = stmt.where(*only(RunRow.id))
     return [
         RunPublic(
             **_run_fields(run),
@@ -132,7 +139,7 @@ def list_runs(s: Session) -> RunsPublic:
 
 def run_detail(s: Session, run_id: str) -> RunDetailPublic:
     run = find_run(s, run_id)
-    (summary,) = _summaries(s, RunRow.id == run.id)
+    (summary,) = _summaries(s, run.id)
     events = s.scalars(
         select(RunEventRow)
         .where(RunEventRow.run_id == run.id)

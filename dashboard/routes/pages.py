@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from sqlalchemy.orm import Session
 
 from dashboard import plots, queries
 from dashboard.deps import SessionDep, TemplatesDep
-from dashboard.schemas import EvaluationPublic
+from dashboard.schemas import EvaluationPublic, RoundPublic
 
 SVG = "image/svg+xml"
 NO_STORE = {"Cache-Control": "no-store"}
@@ -16,10 +15,9 @@ NO_STORE = {"Cache-Control": "no-store"}
 router = APIRouter(tags=["pages"], include_in_schema=False, default_response_class=HTMLResponse)
 
 
-def _svg(session: Session, run_id: str, name: str) -> str:
+def _svg(name: str, evals: list[EvaluationPublic], rounds: list[RoundPublic]) -> str:
     if name == "durations":
-        return plots.durations_svg(queries.rounds(session, run_id).data)
-    evals = queries.evaluations(session, run_id).data
+        return plots.durations_svg(rounds)
     return plots.accuracy_svg(evals) if name == "accuracy" else plots.loss_svg(evals)
 
 
@@ -46,15 +44,16 @@ def run_page(
 ) -> Response:
     run = queries.run_detail(session, run_id)
     evals = queries.evaluations(session, run.id).data
+    rounds = queries.rounds(session, run.id).data
     return templates.TemplateResponse(
         request=request,
         name="run.html",
         context={
             "run": run,
-            "rounds": queries.rounds(session, run.id).data,
+            "rounds": rounds,
             "clients": queries.clients(session, run.id).data,
             "evals": _by_round(evals),
-            "plots": {name: _svg(session, run.id, name) for name in plots.PLOT_NAMES},
+            "plots": {name: _svg(name, evals, rounds) for name in plots.PLOT_NAMES},
         },
         headers=NO_STORE,
     )
@@ -65,7 +64,11 @@ def plot_svg(session: SessionDep, run_id: str, name: str) -> Response:
     if name not in plots.PLOT_NAMES:
         raise HTTPException(404, f"no plot {name!r}; plots are {', '.join(plots.PLOT_NAMES)}")
     run = queries.find_run(session, run_id)
-    return Response(_svg(session, run.id, name), media_type=SVG, headers=NO_STORE)
+    if name == "durations":  # read only what this plot draws
+        evals, rounds = [], queries.rounds(session, run.id).data
+    else:
+        evals, rounds = queries.evaluations(session, run.id).data, []
+    return Response(_svg(name, evals, rounds), media_type=SVG, headers=NO_STORE)
 
 
 @router.get("/runs/{run_id}/checkpoints/{number:int}.safetensors", response_class=FileResponse)
