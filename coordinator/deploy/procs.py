@@ -4,12 +4,13 @@ readiness and stop."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,6 +26,13 @@ DEPLOY_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Flower exit codes worth a hint (flwr/supercore/exit/exit_code.py)
+EXIT_HINTS = {
+    305: "the SuperLink refused this SuperNode: with SuperNode authentication on, register "
+         "its public key on the coordinator (`fedmerge coordinator --register-key node.pub` "
+         "or `flwr supernode register node.pub <connection>`)",
+}
+Echo = Callable[[str], None]
 
 
 class ServiceError(RuntimeError):
@@ -171,3 +179,35 @@ def flwr_executable(name: str) -> str:
     """A console script of this Python's environment (flower-superlink, flwr, ...)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
+
+
+def describe_exit(child: Child) -> str:
+    """How a child ended, with the tail of its log and a hint for Flower's exit codes."""
+    tail = child.tail()
+    # Flower exits 1 on every error; its own code is in the log ("Exit Code: 305").
+    flwr_code = re.search(r"Exit Code: (\d+)", tail)
+    hint = EXIT_HINTS.get(int(flwr_code.group(1)), "") if flwr_code else ""
+    return (f"{child.name} exited with code {child.popen.returncode}"
+            + (f": {hint}" if hint else "") + f"\n{tail}")
+
+
+def run_supervised(
+    supervisor: Supervisor, start: Callable[[], None], *, echo: Echo,
+    on_stop: Callable[[], None] | None = None,
+) -> int:
+    """Start the service's children (``start``) and watch them: 0 after SIGTERM/SIGINT, 1
+    (saying why) when one of them ends. ``on_stop``, then stopping every child, follow
+    either way, with the stop signals ignored meanwhile."""
+    raise_on_stop_signals()
+    try:
+        start()
+        echo(describe_exit(supervisor.supervise()))
+        return 1
+    except Stopped as sig:
+        echo(f"{sig}: stopping")
+        return 0
+    finally:
+        ignore_stop_signals()
+        if on_stop is not None:
+            on_stop()
+        supervisor.stop()

@@ -13,25 +13,22 @@ paths are given; plain HTTP only with an explicit ``insecure``.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.deploy.procs import (
+    Echo,
     ServiceError,
-    Stopped,
     Supervisor,
     child_env,
     flwr_executable,
-    ignore_stop_signals,
     is_loopback,
-    raise_on_stop_signals,
+    run_supervised,
     split_address,
 )
 
 DEFAULT_PORT = 8000  # flower-superlink's own default
 CLI_CONNECTION = "fedmerge-coordinator"
-Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -44,8 +41,10 @@ class TlsFiles:
 
     @classmethod
     def from_dir(cls, directory: Path) -> TlsFiles:
-        d = Path(directory).expanduser().resolve()
-        return cls(d / "ca.pem", d / "server.pem", d / "server.key")
+        from coordinator.certs import cert_paths  # cryptography: only when TLS is asked for
+
+        paths = cert_paths(Path(directory).expanduser().resolve(), nodes=0)
+        return cls(paths.ca_cert, paths.server_cert, paths.server_key)
 
     def check(self) -> None:
         missing = [str(p) for p in (self.ca, self.cert, self.key) if not p.is_file()]
@@ -127,14 +126,11 @@ def superlink_argv(opts: CoordinatorOptions) -> list[str]:
 
 def _prepare_store(opts: CoordinatorOptions) -> str:
     """The run store's URL, created and migrated now (the dashboard reads it at once)."""
-    from coordinator.store import make_engine, resolve_db_url, upgrade_to_head
+    from coordinator.store import migrated_engine, resolve_db_url
 
     url = resolve_db_url(opts.db, opts.out_dir)
-    engine = make_engine(url)
-    try:
-        upgrade_to_head(engine)
-    finally:
-        engine.dispose()
+    with migrated_engine(url):
+        pass
     return url
 
 
@@ -190,9 +186,9 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
         "FLWR_HOME": str(opts.state_dir / "flwr-home"),  # FABs the ServerApps run from
     })
     supervisor = Supervisor(opts.out_dir / "logs")
-    server = None
-    raise_on_stop_signals()
-    try:
+    dashboard: list[object] = []  # the uvicorn server, once started
+
+    def start() -> None:
         superlink = supervisor.start("superlink", superlink_argv(opts), env=env,
                                      cwd=opts.state_dir)
         host, port = split_address(opts.local_address)
@@ -202,17 +198,12 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
              f"log {superlink.log_path}")
         if opts.register_keys:
             register_supernode_keys(opts, opts.state_dir / "cli", echo)
-        if opts.dashboard:
-            server = _start_dashboard(opts, db_url, echo)
+        if opts.dashboard and (server := _start_dashboard(opts, db_url, echo)) is not None:
+            dashboard.append(server)
         echo(f"run store: {db_url}")
-        ended = supervisor.supervise()
-        echo(f"{ended.name} exited with code {ended.popen.returncode}\n{ended.tail()}")
-        return 1
-    except Stopped as sig:
-        echo(f"{sig}: stopping")
-        return 0
-    finally:
-        ignore_stop_signals()
-        if server is not None:
+
+    def stop_dashboard() -> None:
+        for server in dashboard:
             server.should_exit = True  # type: ignore[attr-defined]
-        supervisor.stop()
+
+    return run_supervised(supervisor, start, echo=echo, on_stop=stop_dashboard)

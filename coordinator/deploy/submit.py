@@ -13,13 +13,12 @@ import os
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.deploy.procs import ServiceError, child_env, flwr_executable
+from coordinator.deploy.procs import Echo, ServiceError, child_env, flwr_executable
 
-Echo = Callable[[str], None]
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
 
 

@@ -16,34 +16,24 @@ takes it), ``auto`` leaves the environment alone.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from coordinator.deploy.procs import (
+    Echo,
     ServiceError,
-    Stopped,
     Supervisor,
     child_env,
     free_port,
-    ignore_stop_signals,
-    raise_on_stop_signals,
+    run_supervised,
 )
 from coordinator.deploy.supernode import DEFAULT_POLL_S
 
-Echo = Callable[[str], None]
 Isolation = Literal["warm", "subprocess"]
-# Flower exit codes worth a hint (flwr/supercore/exit/exit_code.py)
-EXIT_HINTS = {
-    305: "the SuperLink refused this SuperNode: with SuperNode authentication on, register "
-         "its public key on the coordinator (`fedmerge coordinator --register-key node.pub` "
-         "or `flwr supernode register node.pub <connection>`)",
-}
 
 
 @dataclass(frozen=True)
@@ -109,19 +99,27 @@ def check_device(device: str, env: dict[str, str], *, timeout: float = 120.0) ->
     return count
 
 
-def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) -> list[str]:
+def check_worker_options(opts: WorkerOptions) -> str:
+    """The SuperNode's node config; ServiceError for options that cannot work together
+    (checked before anything slow starts)."""
     if opts.poll_interval <= 0:
         raise ServiceError(f"--poll-interval {opts.poll_interval}: must be > 0")
+    if opts.insecure and (opts.root_cert or opts.auth_key):
+        raise ServiceError("--insecure excludes --root-cert and --auth-key")
+    device_env(opts.device)  # raises for a device it cannot mean
+    return node_config(opts)
+
+
+def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) -> list[str]:
+    config = check_worker_options(opts)
     argv = [  # Flower's SuperNode, its loop's sleeps capped (coordinator/deploy/supernode.py)
         sys.executable, "-m", "coordinator.deploy.supernode",
         "--poll-interval", str(opts.poll_interval), "--", "--superlink", opts.superlink,
         "--host", "127.0.0.1", "--port", str(runtime_port),
-        "--node-config", node_config(opts),
+        "--node-config", config,
         "--isolation", "process" if opts.isolation == "warm" else "subprocess",
     ]
     if opts.insecure:
-        if opts.root_cert or opts.auth_key:
-            raise ServiceError("--insecure excludes --root-cert and --auth-key")
         argv.append("--insecure")
     elif opts.root_cert is not None:  # else: TLS against the system's CA store
         argv += ["--root-certificates", str(opts.root_cert)]
@@ -153,7 +151,7 @@ def run_worker(opts: WorkerOptions, *, echo: Echo = print,
                startup_timeout: float = 120.0) -> int:
     """Run until SIGTERM/SIGINT (returns 0) or until the SuperNode or the executor ends
     (returns 1, with the reason)."""
-    config = node_config(opts)
+    config = check_worker_options(opts)
     for path in (opts.root_cert, opts.auth_key):
         if path is not None and not path.is_file():
             raise ServiceError(f"file not found: {path}")
@@ -170,8 +168,8 @@ def run_worker(opts: WorkerOptions, *, echo: Echo = print,
     runtime_port = opts.runtime_port or free_port()
     secret = _secret_file(opts.work_dir) if opts.isolation == "warm" else None
     supervisor = Supervisor(opts.work_dir / "logs")
-    raise_on_stop_signals()
-    try:
+
+    def start() -> None:
         node = supervisor.start("supernode", supernode_argv(opts, runtime_port, secret),
                                 env=env, cwd=opts.work_dir)
         supervisor.wait_port(node, "127.0.0.1", runtime_port, timeout=startup_timeout)
@@ -180,17 +178,5 @@ def run_worker(opts: WorkerOptions, *, echo: Echo = print,
                              env=env, cwd=opts.work_dir)
         echo(f"SuperNode pid {node.pid} -> {opts.superlink} ({config}), isolation "
              f"{opts.isolation}, logs in {supervisor.log_dir}")
-        ended = supervisor.supervise()
-        tail = ended.tail()
-        # Flower exits 1 on every error; its own code is in the log ("Exit Code: 305").
-        flwr_code = re.search(r"Exit Code: (\d+)", tail)
-        hint = EXIT_HINTS.get(int(flwr_code.group(1)), "") if flwr_code else ""
-        echo(f"{ended.name} exited with code {ended.popen.returncode}"
-             + (f": {hint}" if hint else "") + f"\n{tail}")
-        return 1
-    except Stopped as sig:
-        echo(f"{sig}: stopping")
-        return 0
-    finally:
-        ignore_stop_signals()
-        supervisor.stop()
+
+    return run_supervised(supervisor, start, echo=echo)
