@@ -16,10 +16,9 @@ from coordinator.simulation import simulate
 from coordinator.store import (
     RoundRecord,
     StoreError,
-    make_engine,
     make_session_factory,
+    migrated_engine,
     resolve_db_url,
-    upgrade_to_head,
 )
 
 console = Console()
@@ -85,14 +84,10 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
 def _checked_store(cfg: MergeConfig) -> MergeConfig:
     """Open (and migrate) the store before Ray starts, so an unreachable database or a
     run that cannot be resumed is said at once; a resumed run's stored config."""
-    engine = make_engine(resolve_db_url(cfg.db or None, cfg.out_path))
-    try:
-        upgrade_to_head(engine)
+    with migrated_engine(resolve_db_url(cfg.db or None, cfg.out_path)) as engine:
         if cfg.resume_run:
             with make_session_factory(engine).begin() as s:
                 _, cfg = resumed_config(s, cfg)
-    finally:
-        engine.dispose()
     return cfg
 
 

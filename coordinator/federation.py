@@ -14,7 +14,7 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.common import log
 from flwr.serverapp import Grid
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation import OptimizerState, ServerState, make_combiner, make_optimizer
 from client.datasets import central_test_set
@@ -29,11 +29,10 @@ from coordinator.payloads import params_record
 from coordinator.replies import UpdateLimits
 from coordinator.store import (
     RoundRecord,
-    make_engine,
     make_session_factory,
+    migrated_engine,
     repo,
     resolve_db_url,
-    upgrade_to_head,
 )
 from coordinator.strategy import MergeStrategy
 
@@ -61,13 +60,23 @@ def run_federation(
     flower_run_id: int | str | None = None,
     on_commit: Callable[[RoundRecord], None] | None = None,
 ) -> FederationResult:
-    out_dir = cfg.out_path
-    out_dir.mkdir(parents=True, exist_ok=True)
-    db_url = resolve_db_url(cfg.db or None, out_dir)
-    engine = make_engine(db_url)
-    upgrade_to_head(engine)
-    sessions = make_session_factory(engine)
+    cfg.out_path.mkdir(parents=True, exist_ok=True)
+    db_url = resolve_db_url(cfg.db or None, cfg.out_path)
+    with migrated_engine(db_url) as engine:
+        return _federate(grid, cfg, make_session_factory(engine), db_url,
+                         flower_run_id=flower_run_id, on_commit=on_commit)
 
+
+def _federate(
+    grid: Grid,
+    cfg: MergeConfig,
+    sessions: sessionmaker[Session],
+    db_url: str,
+    *,
+    flower_run_id: int | str | None,
+    on_commit: Callable[[RoundRecord], None] | None,
+) -> FederationResult:
+    out_dir = cfg.out_path
     if cfg.resume_run:
         run_id, cfg, state = _resume(sessions, cfg, flower_run_id)
     else:
@@ -115,7 +124,6 @@ def run_federation(
     acc = ledger.central_accuracy  # the last round's, already measured
     if acc is None:  # nothing left to run: a resumed run that had finished
         _, acc, _ = central_eval(final)
-    engine.dispose()
     return FederationResult(run_id, db_url, final.round, acc, final.params)
 
 

@@ -30,7 +30,10 @@ def _session(db: str | None, out_dir: Path) -> Iterator[Session]:
 
 
 def _run_or_exit(s: Session, run: str):
-    row = repo.get_run(s, run)
+    try:
+        row = repo.get_run(s, run)
+    except repo.AmbiguousRunId as exc:
+        raise SystemExit(str(exc)) from None
     if row is None:
         raise SystemExit(f"no run {run!r} in the database")
     return row
@@ -42,8 +45,9 @@ def print_runs(db: str | None, out_dir: Path) -> None:
         "combiner", Column("rounds", no_wrap=True), Column("started", no_wrap=True),
     )
     with _session(db, out_dir) as s:
+        counts = repo.committed_round_counts(s)
         for r in repo.list_runs(s):
-            done = repo.count_committed_rounds(s, r.id)
+            done = counts.get(r.id, 0)
             table.add_row(r.id[:8], r.name, r.status, r.mode, r.optimizer, r.combiner,
                           f"{done}/{r.num_rounds_planned}", f"{r.started_at:%m-%d %H:%M}")
     console.print(table)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,15 @@ def upgrade_to(engine: Engine, revision: str) -> None:
 
 def upgrade_to_head(engine: Engine) -> None:
     upgrade_to(engine, "head")
+
+
+@contextmanager
+def migrated_engine(url: str) -> Iterator[Engine]:
+    """An engine on the store at ``url``, created and migrated to head now (so that an
+    unreachable or unmanaged database is said at once), disposed on exit."""
+    engine = make_engine(url)
+    try:
+        upgrade_to_head(engine)
+        yield engine
+    finally:
+        engine.dispose()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from coordinator.store.db import StoreError
@@ -252,24 +252,21 @@ def discard_rounds_after(s: Session, run_id: str, number: int) -> list[int]:
     return _abort(s, run_id, s.scalars(stmt).all(), f"run resumed from round {number}")
 
 
-def committed_rounds(s: Session, run_id: str) -> Sequence[RoundRow]:
-    """Committed rounds, newest first: resume falls back along this list past bad checkpoints."""
-    stmt = (
+def _committed_newest_first(run_id: str) -> Select[tuple[RoundRow]]:
+    return (
         select(RoundRow)
         .where(RoundRow.run_id == run_id, RoundRow.status == "committed")
         .order_by(RoundRow.number.desc())
     )
-    return s.scalars(stmt).all()
+
+
+def committed_rounds(s: Session, run_id: str) -> Sequence[RoundRow]:
+    """Committed rounds, newest first: resume falls back along this list past bad checkpoints."""
+    return s.scalars(_committed_newest_first(run_id)).all()
 
 
 def last_committed_round(s: Session, run_id: str) -> RoundRow | None:
-    stmt = (
-        select(RoundRow)
-        .where(RoundRow.run_id == run_id, RoundRow.status == "committed")
-        .order_by(RoundRow.number.desc())
-        .limit(1)
-    )
-    return s.scalars(stmt).first()
+    return s.scalars(_committed_newest_first(run_id).limit(1)).first()
 
 
 def rounds_of(s: Session, run_id: str) -> Sequence[RoundRow]:
@@ -277,11 +274,14 @@ def rounds_of(s: Session, run_id: str) -> Sequence[RoundRow]:
     return s.scalars(stmt).all()
 
 
-def count_committed_rounds(s: Session, run_id: str) -> int:
-    stmt = select(func.count(RoundRow.id)).where(
-        RoundRow.run_id == run_id, RoundRow.status == "committed"
+def committed_round_counts(s: Session) -> dict[str, int]:
+    """Committed rounds per run id, in one query (runs with none are absent)."""
+    stmt = (
+        select(RoundRow.run_id, func.count(RoundRow.id))
+        .where(RoundRow.status == "committed")
+        .group_by(RoundRow.run_id)
     )
-    return s.scalar(stmt) or 0
+    return {run_id: n for run_id, n in s.execute(stmt).all()}
 
 
 # ---- per-round detail -------------------------------------------------------------
