@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from coordinator.store import StoreUnavailable, make_engine, mask_url, ping
+from coordinator.store.db import sqlite_begin, sqlite_pragma
 
 BUSY_TIMEOUT_MS = 5_000
 
@@ -46,17 +47,9 @@ def readonly_url(url: str) -> str:
 
 
 def _sqlite_reader_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # SQLAlchemy's begin event below emits BEGIN
-    cursor = dbapi_conn.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA query_only=ON")
-    finally:
-        cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot from the first SELECT on
+    dbapi_conn.isolation_level = None  # SQLAlchemy's begin event (sqlite_begin) emits BEGIN
+    sqlite_pragma(dbapi_conn, f"busy_timeout={BUSY_TIMEOUT_MS}")
+    sqlite_pragma(dbapi_conn, "query_only=ON")
 
 
 def _postgres_read_only(dbapi_conn: Any, _record: Any) -> None:
@@ -73,7 +66,7 @@ def _postgres_read_only(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_reader(url: str) -> Engine:
     engine = create_engine(readonly_url(url), pool_pre_ping=True)
     event.listen(engine, "connect", _sqlite_reader_on_connect)
-    event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "begin", sqlite_begin)
     return engine
 
 

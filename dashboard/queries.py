@@ -19,7 +19,6 @@ from coordinator.store.models import (
     ClientUpdateRow,
     EvaluationRow,
     RoundRow,
-    RunEventRow,
     RunRow,
 )
 from dashboard.schemas import (
@@ -140,11 +139,7 @@ def list_runs(s: Session) -> RunsPublic:
 def run_detail(s: Session, run_id: str) -> RunDetailPublic:
     run = find_run(s, run_id)
     (summary,) = _summaries(s, run.id)
-    events = s.scalars(
-        select(RunEventRow)
-        .where(RunEventRow.run_id == run.id)
-        .order_by(RunEventRow.at, RunEventRow.id)
-    ).all()
+    events = repo.events_of(s, run.id)
     return RunDetailPublic(
         **summary.model_dump(exclude={"short_id"}),
         config=dict(run.config),
@@ -179,10 +174,7 @@ def _checkpoints(s: Session, run_id: str) -> list[CheckpointPublic]:
 
 def rounds(s: Session, run_id: str) -> RoundsPublic:
     run = find_run(s, run_id)
-    rows = s.scalars(
-        select(RoundRow).where(RoundRow.run_id == run.id).order_by(RoundRow.number)
-    ).all()
-    data = [RoundPublic.model_validate(r) for r in rows]
+    data = [RoundPublic.model_validate(r) for r in repo.rounds_of(s, run.id)]
     return RoundsPublic(data=data, count=len(data))
 
 

@@ -94,18 +94,20 @@ def _json_dumps(value: Any) -> str:
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     # pysqlite's own transaction handling skips BEGIN before DDL (so DDL autocommits):
-    # switch it off and let _sqlite_on_begin emit BEGIN (SQLAlchemy's documented recipe).
+    # switch it off and let sqlite_begin emit BEGIN (SQLAlchemy's documented recipe).
     dbapi_conn.isolation_level = None
-    _sqlite_pragma(dbapi_conn, "journal_mode=WAL")  # readers never block the writer
-    _sqlite_pragma(dbapi_conn, "foreign_keys=ON")  # SQLite's default is off
-    _sqlite_pragma(dbapi_conn, f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    sqlite_pragma(dbapi_conn, "journal_mode=WAL")  # readers never block the writer
+    sqlite_pragma(dbapi_conn, "foreign_keys=ON")  # SQLite's default is off
+    sqlite_pragma(dbapi_conn, f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
-def _sqlite_on_begin(conn: Connection) -> None:
+def sqlite_begin(conn: Connection) -> None:
+    """The "begin" event handler that goes with ``isolation_level = None``: a deferred
+    BEGIN, so a transaction reads one snapshot from its first SELECT on."""
     conn.exec_driver_sql("BEGIN")
 
 
-def _sqlite_pragma(dbapi_conn: Any, pragma: str) -> None:
+def sqlite_pragma(dbapi_conn: Any, pragma: str) -> None:
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute(f"PRAGMA {pragma}")
@@ -130,7 +132,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
+        event.listen(engine, "begin", sqlite_begin)
     return engine
 
 
@@ -177,7 +179,7 @@ def upgrade_to(engine: Engine, revision: str) -> None:
             # Batch migrations copy a table and DROP the original; with foreign keys on,
             # that DROP would cascade-delete every child row. The pragma only takes
             # effect outside a transaction, hence the raw DBAPI connection.
-            _sqlite_pragma(conn.connection.dbapi_connection, "foreign_keys=OFF")
+            sqlite_pragma(conn.connection.dbapi_connection, "foreign_keys=OFF")
         try:
             tables = inspect(conn).get_table_names()
             if tables and "alembic_version" not in tables:
@@ -192,7 +194,7 @@ def upgrade_to(engine: Engine, revision: str) -> None:
         finally:
             if sqlite:
                 conn.rollback()  # no-op after commit; the pragma needs no open transaction
-                _sqlite_pragma(conn.connection.dbapi_connection, "foreign_keys=ON")
+                sqlite_pragma(conn.connection.dbapi_connection, "foreign_keys=ON")
 
 
 def upgrade_to_head(engine: Engine) -> None:
