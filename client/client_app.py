@@ -15,7 +15,14 @@ from flwr.clientapp import ClientApp
 
 from client.datasets import load_client_data
 from client.models import build_model
-from client.task import ClientTask
+from client.task import (
+    FISHER_KEY,
+    MANIFEST_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    OFFSET_KEY,
+    ClientTask,
+)
 from client.trainer import diagonal_fisher, evaluate, load_params, pick_device, train_offset
 
 OFFSET_STATE_KEY = "personal-offset"
@@ -50,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     pid, data = load_client_data(task, context.node_config)
     device = pick_device(task.device)
-    theta = msg.content["arrays"].to_torch_state_dict()
+    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
     model = build_model(task.model)
     personal = task.mode == "personal"
     trainable = _trainable(context, model)
@@ -69,20 +76,22 @@ def train(msg: Message, context: Context) -> Message:
         context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
         _, metrics["personal-acc"] = evaluate(model, data.x_val, data.y_val, device)
     metrics.update({
-        "num-examples": len(data.y_train),
+        NUM_EXAMPLES: len(data.y_train),
         "train-loss": result.loss,
         "train-seconds": result.seconds,
         "partition-id": pid,
         "device-cuda": int(device.type == "cuda"),
     })
-    content = RecordDict({"arrays": ArrayRecord(result.offset), "metrics": MetricRecord(metrics)})
+    content = RecordDict(
+        {OFFSET_KEY: ArrayRecord(result.offset), METRICS_KEY: MetricRecord(metrics)}
+    )
     if trainable is not None:
-        content["manifest"] = ConfigRecord({"tensors": trainable})
+        content[MANIFEST_KEY] = ConfigRecord({"tensors": trainable})
     if task.combiner == "fisher":
         fisher = diagonal_fisher(
             model, data.x_train, data.y_train, device, names=trainable, seed=task.seed
         )
-        content["fisher"] = ArrayRecord(fisher)
+        content[FISHER_KEY] = ArrayRecord(fisher)
     return Message(content=content, reply_to=msg)
 
 
@@ -92,11 +101,11 @@ def evaluate_shared(msg: Message, context: Context) -> Message:
     task = ClientTask.from_config(msg.content["config"])
     pid, data = load_client_data(task, context.node_config)
     device = pick_device(task.device)
-    theta = msg.content["arrays"].to_torch_state_dict()
+    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
     model = load_params(build_model(task.model), theta)
     loss, acc = evaluate(model, data.x_val, data.y_val, device)
     metrics: dict[str, float | int] = {
-        "eval-loss": loss, "eval-acc": acc, "num-examples": len(data.y_val), "partition-id": pid,
+        "eval-loss": loss, "eval-acc": acc, NUM_EXAMPLES: len(data.y_val), "partition-id": pid,
     }
     offset = _stored_offset(context)
     if task.mode == "personal" and offset is not None:
@@ -104,4 +113,4 @@ def evaluate_shared(msg: Message, context: Context) -> Message:
         metrics["personal-loss"], metrics["personal-acc"] = evaluate(
             model, data.x_val, data.y_val, device
         )
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

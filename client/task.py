@@ -1,11 +1,18 @@
-"""What the coordinator asks a client to do in a round: sent in the round's ConfigRecord
-under the same hyphenated keys as the run config, parsed here once."""
+"""What the coordinator asks a client to do in a round (sent in the round's ConfigRecord
+under the same hyphenated keys as the run config, parsed here once), and the record keys
+of a client's reply, which the coordinator reads (coordinator/replies.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+OFFSET_KEY = "arrays"  # ArrayRecord: theta_i per tensor (theta itself in a request)
+FISHER_KEY = "fisher"  # optional ArrayRecord: diagonal Fisher per tensor
+METRICS_KEY = "metrics"  # MetricRecord: num-examples, train-loss, ...
+MANIFEST_KEY = "manifest"  # optional ConfigRecord: {"tensors": [...]} of a partial update
+NUM_EXAMPLES = "num-examples"
 
 
 @dataclass(frozen=True)

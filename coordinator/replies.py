@@ -15,13 +15,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from aggregation import ClientUpdate, Params
 from aggregation.combiners import refusal, update_norm
+from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 from coordinator.payloads import PayloadError, tensor_view
 
-OFFSET_KEY = "arrays"  # ArrayRecord: theta_i per tensor
-FISHER_KEY = "fisher"  # optional ArrayRecord: diagonal Fisher per tensor
-METRICS_KEY = "metrics"  # MetricRecord: num-examples, train-loss, ...
-MANIFEST_KEY = "manifest"  # optional ConfigRecord: {"tensors": [...]} of a partial update
-NUM_EXAMPLES = "num-examples"
 
 class UpdateRejected(ValueError):
     """A reply that must not be merged; ``str(exc)`` is the reason that gets recorded."""
