@@ -16,9 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from coordinator.store.records import EVALUATION_KINDS
 from dashboard.schemas import EvaluationPublic, RoundPublic
 
-KINDS = ("central", "federated", "personalized")
 KIND_STYLE = {  # color, marker
     "central": ("#2563eb", "o"),
     "federated": ("#16a34a", "s"),
@@ -66,7 +66,7 @@ def _empty(ax: Axes, what: str) -> None:
 
 def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None:
     drawn = False
-    for kind in KINDS:
+    for kind in EVALUATION_KINDS:
         points = [
             (e.round_number, value)
             for e in evals

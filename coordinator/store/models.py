@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from coordinator.store.records import EVALUATION_KINDS, ROUND_STATUSES, RUN_STATUSES
+
 # Stable constraint names, so batch migrations on SQLite can find and alter them.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -71,12 +73,15 @@ def _run_fk() -> Mapped[str]:
     return mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
 
 
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK clause; the migrations spell theirs out, as they were when written."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
 class RunRow(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('running', 'completed', 'failed', 'interrupted')", name="status"
-        ),
+        CheckConstraint(_one_of("status", RUN_STATUSES), name="status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4 hex
@@ -98,7 +103,7 @@ class RoundRow(Base):
     __tablename__ = "rounds"
     __table_args__ = (
         UniqueConstraint("run_id", "number"),
-        CheckConstraint("status IN ('running', 'committed', 'aborted')", name="status"),
+        CheckConstraint(_one_of("status", ROUND_STATUSES), name="status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -142,7 +147,7 @@ class EvaluationRow(Base):
     __tablename__ = "evaluations"
     __table_args__ = (
         Index(None, "run_id", "round_number"),
-        CheckConstraint("kind IN ('central', 'federated', 'personalized')", name="kind"),
+        CheckConstraint(_one_of("kind", EVALUATION_KINDS), name="kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
