@@ -33,7 +33,8 @@ def _main() -> None:
     if connection is not None:
         _run(connection)
         return
-    # Alembic's own CLI with -x/sqlalchemy.url set: open our engine for that URL.
+    # Alembic's own CLI (e.g. `revision --autogenerate` with sqlalchemy.url set in its
+    # config): open our engine for that URL.
     from coordinator.store.db import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
