@@ -130,7 +130,7 @@ def _prepare_store(opts: CoordinatorOptions) -> str:
 
     url = resolve_db_url(opts.db, opts.out_dir)
     with migrated_engine(url):
-        pass
+        pass  # created and migrated: all the service needs before the dashboard reads it
     return url
 
 
