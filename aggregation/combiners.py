@@ -31,15 +31,13 @@ class CombinerError(ValueError):
 class CombineResult:
     """The combined offset sum_i w_i theta_i (weights normalised per tensor), holding only
     tensors at least one client sent. Its tensors may be the combiner's reused buffers:
-    valid until the next ``combine`` call."""
+    valid until the next ``combine`` call. ``dropped``: the clients ``combine`` was given
+    but left out of the result (e.g. not selected by Krum), client id -> why."""
 
     offset: Params
-    num_clients: int
+    num_clients: int  # clients combined (those dropped included); 0: nothing merged
     diagnostics: dict[str, float | list[str]] = field(default_factory=dict)
-    # A guarding combiner's verdicts: client id -> reason (refused, not in the result),
-    # and client id -> offset norm (merged).
-    refused: dict[str, str] = field(default_factory=dict)
-    norms: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 DOT_MIN_ELEMENTS = 1 << 16
@@ -86,35 +84,32 @@ class OffsetCombiner(ABC):
 
     streaming: bool = False
     full_updates_only: bool = False  # True: a partial update (some tensors) can't be combined
-    # True: combine() itself refuses offsets with non-finite values or a norm over its
-    # bound, before they touch the result (see WeightedMean), so callers need not check.
-    guards_values: bool = False
 
     def __init__(self, *, clip_norm: float = 0.0) -> None:
         self.clip_norm = clip_norm
 
     @abstractmethod
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
-        """Combine ``updates``; ``template`` gives the model's tensor names, shapes and
-        dtypes (its values are not read)."""
+        """Combine ``updates``, which the caller has validated (finite, within bounds);
+        ``template`` gives the model's tensor names, shapes and dtypes (its values are
+        not read)."""
 
 
 class WeightedMean(OffsetCombiner):
     """The examples-weighted mean, streamed: O(P) memory whatever K, buffers reused across
-    rounds, each offset checked (finite, norm within ``max_norm``) before it counts.
+    rounds.
 
-    Per client two passes over its tensors: the norm (``update_norm``), then (if the
-    offset passed) one ``_foreach_`` in-place axpy. A refused offset never touches the sum. (Folding
-    chunk by chunk into a scratch buffer, to read each offset once, measured slower on
-    the CPU: the scratch writes cost what the second read saved, plus a call per chunk.)
+    Per client one ``_foreach_`` in-place axpy over its tensors; clipping reuses the norm
+    the validator measured (``ClientUpdate.norm``), so an offset is read twice in all:
+    once for its norm, once here. (Folding chunk by chunk into a scratch buffer, to read
+    each offset once, measured slower on the CPU: the scratch writes cost what the second
+    read saved, plus a call per chunk.)
     """
 
     streaming = True
-    guards_values = True
 
-    def __init__(self, *, clip_norm: float = 0.0, max_norm: float = 0.0) -> None:
+    def __init__(self, *, clip_norm: float = 0.0) -> None:
         super().__init__(clip_norm=clip_norm)
-        self.max_norm = max_norm
         self._sum: Params = {}
 
     def _buffers(self, template: Params) -> Params:
@@ -128,36 +123,18 @@ class WeightedMean(OffsetCombiner):
     def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
         acc = self._buffers(template)
         weight_sum = dict.fromkeys(acc, 0.0)
-        refused: dict[str, str] = {}
-        norms: dict[str, float] = {}
         merged = 0
         device = next(iter(acc.values())).device
         for u in updates:
             xs = [x.to(device, non_blocking=True) for x in u.offset.values()]
-            if (norm := u.norm) is None:  # not measured on decoding: measure it here
-                norm = update_norm(dict(zip(u.offset, xs, strict=True)))
-            reason = refusal(norm, self.max_norm)
-            if reason is not None:
-                refused[u.client_id] = reason
-                continue
-            scale = clip_factor(u.offset, self.clip_norm, norm=norm)
+            scale = _clip_factor(u, self.clip_norm)
             if xs:
                 torch._foreach_add_([acc[k] for k in u.offset], xs, alpha=u.weight * scale)
             for k in u.offset:
                 weight_sum[k] += u.weight
-            norms[u.client_id] = norm
             merged += 1
         mean = _normalise(acc, weight_sum)
-        return CombineResult(mean, merged, refused=refused, norms=norms)
-
-
-def refusal(norm: float, max_norm: float) -> str | None:
-    """Why an offset of this norm must not be merged, or None."""
-    if not math.isfinite(norm):
-        return "offset has non-finite values (NaN or Inf)"
-    if max_norm > 0 and norm > max_norm:
-        return f"offset norm {norm:.4g} exceeds max-update-norm {max_norm}"
-    return None
+        return CombineResult(mean, merged)
 
 
 class FisherWeightedMean(OffsetCombiner):
@@ -285,10 +262,16 @@ class Krum(OffsetCombiner):
         # Row i's smallest value is its zero self-distance: skip it.
         scores = dist.sort(dim=1).values[:, 1 : nearest + 1].sum(dim=1)
         m = k - self.byzantine if self.num_selected is None else self.num_selected
-        chosen = scores.argsort()[:m].tolist()
+        order = scores.argsort().tolist()
+        chosen = order[:m]
         mean = self._mean.combine([ups[i] for i in chosen], template)  # clips them alike
         diag: dict[str, float | list[str]] = {"selected": [ups[i].client_id for i in chosen]}
-        return CombineResult(mean.offset, k, diag)
+        dropped = {
+            ups[i].client_id: (f"not selected by krum: score rank {rank + 1} of {k}, "
+                               f"{m} selected (f={self.byzantine})")
+            for rank, i in enumerate(order) if rank >= m
+        }
+        return CombineResult(mean.offset, k, diag, dropped)
 
 
 def _column(values: list[float], like: Tensor) -> Tensor:
@@ -299,12 +282,10 @@ def _column(values: list[float], like: Tensor) -> Tensor:
 
 def make_combiner(
     name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0,
-    max_norm: float = 0.0,
 ) -> OffsetCombiner:
-    """The combiner a run's config names. ``max_norm`` bounds offsets where the combiner
-    guards values itself (the mean); elsewhere the caller checks them."""
+    """The combiner a run's config names."""
     if name == "mean":
-        return WeightedMean(clip_norm=clip_norm, max_norm=max_norm)
+        return WeightedMean(clip_norm=clip_norm)
     if name == "fisher":
         return FisherWeightedMean(clip_norm=clip_norm)
     if name == "median":

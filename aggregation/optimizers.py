@@ -178,11 +178,12 @@ def adagrad(*, lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3) -> Server
 
 def adam(
     *, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-    bias_correction: bool = True,
+    bias_correction: bool = True, fused: bool = True,
 ) -> ServerOptimizer:
     """FedAdam: v <- b2 v + (1 - b2) Delta^2. With bias correction this is torch's Adam
     with eps = tau, so it runs as torch's fused kernel (one pass over params, grads, m
-    and v) where the tensors allow it, else as the blocked adaptive step."""
+    and v) where the tensors allow it, else as the blocked adaptive step (the portable
+    step; ``fused=False``: always that one)."""
 
     def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
         v.lerp_(g2, 1.0 - beta2)
@@ -191,7 +192,7 @@ def adam(
         "adam", second_moment, lr=lr, beta1=beta1, tau=tau,
         bias_correction=bias_correction, beta2_for_correction=beta2,
     )
-    if not bias_correction or not hasattr(torch, "_fused_adam_"):
+    if not fused or not bias_correction or not hasattr(torch, "_fused_adam_"):
         return portable
     return _on_fused_adam(portable, lr=lr, beta1=beta1, beta2=beta2, tau=tau)
 
@@ -241,13 +242,13 @@ def _fusable(params: Params, grads: Params) -> bool:
 
 def yogi(
     *, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3,
-    bias_correction: bool = True,
+    bias_correction: bool = True, fused: bool = True,
 ) -> ServerOptimizer:
     """FedYogi: v <- v - (1 - b2) Delta^2 sign(v - Delta^2). With bias correction it runs
     on torch's fused Adam kernel: given v' = (v - (1 - b2)(1 + sign(v - Delta^2)) Delta^2)
     / b2 in place of v, Adam's b2 v' + (1 - b2) Delta^2 is Yogi's v, and the rest of the
     two steps is the same. It runs block by block: v rewritten, then the kernel, while
-    the block is in cache (bench/README.md: 0.48 -> 0.58 of torch's fused Adam)."""
+    the block is in cache. ``fused=False``: always the portable step."""
 
     def second_moment(v: Tensor, g2: Tensor, scratch: Tensor) -> None:
         torch.sub(v, g2, out=scratch).sign_()  # sign(v - Delta^2)
@@ -257,7 +258,7 @@ def yogi(
         "yogi", second_moment, lr=lr, beta1=beta1, tau=tau,
         bias_correction=bias_correction, beta2_for_correction=beta2,
     )
-    if not bias_correction or beta2 <= 0.0 or not hasattr(torch, "_fused_adam_"):
+    if not fused or not bias_correction or beta2 <= 0.0 or not hasattr(torch, "_fused_adam_"):
         return portable
 
     def rewrite_v(g: Tensor, v: Tensor, scratch: Tensor) -> None:

@@ -4,9 +4,9 @@ Each (merge, K) runs in a fresh subprocess. The replies come from a generator: e
 is built (random numbers -> ArrayRecord -> reply Message) only when the merge pulls it,
 and nothing else keeps it, so what grows with K is what the merge itself keeps.
 
-  ours: MergeStrategy (mean)    aggregate_train with WeightedMean + sgd: streaming, O(P)
+  ours: Merge (mean)           the round's merge with WeightedMean + sgd: streaming, O(P)
   ours: core (decode + mean)    decode_reply + WeightedMean.combine over the generator
-  ours: MergeStrategy (median)  CoordinateMedian: needs every offset, O(K x P) (documented)
+  ours: Merge (median)         CoordinateMedian: needs every offset, O(K x P) (documented)
   Flower FedAvg                 FedAvg().aggregate_train: makes a list of all replies
 
 Reported: peak RSS (ru_maxrss) of the process, the part added by the merge (peak
@@ -40,9 +40,9 @@ from bench.common import (
 )
 
 KINDS = {
-    "ours-mean": "ours: MergeStrategy (mean)",
+    "ours-mean": "ours: Merge (mean)",
     "ours-core": "ours: core (decode + mean)",
-    "ours-median": "ours: MergeStrategy (median)",
+    "ours-median": "ours: Merge (median)",
     "flower-fedavg": "Flower FedAvg",
 }
 TARGET_MODEL_SIZES = 2.0
@@ -62,8 +62,9 @@ def worker(kind: str, k: int, p: int) -> dict:
     from flwr.serverapp.strategy import FedAvg
 
     from aggregation import CoordinateMedian, ServerState, WeightedMean, sgd
-    from coordinator.replies import UpdateLimits, decode_reply
-    from coordinator.strategy import MergeStrategy
+    from coordinator.grid import Reply
+    from coordinator.merge import Merge
+    from coordinator.replies import ReplyValidator, UpdateLimits, decode_reply
 
     layout = model_layout(p)
 
@@ -79,12 +80,11 @@ def worker(kind: str, k: int, p: int) -> dict:
     opt = sgd(lr=1.0)
     if kind in ("ours-mean", "ours-median"):
         combiner = WeightedMean() if kind == "ours-mean" else CoordinateMedian()
-        strategy = MergeStrategy(
-            state=ServerState(params, opt.init(params)), combiner=combiner, optimizer=opt
-        )
+        whole = Merge(ReplyValidator(), combiner, opt)
+        state = ServerState(params, opt.init(params))
 
         def merge() -> None:
-            strategy.aggregate_train(1, replies(k))
+            whole(state, (Reply(str(m.metadata.src_node_id), m) for m in replies(k)))
     elif kind == "ours-core":
         combiner = WeightedMean()
         limits = UpdateLimits()

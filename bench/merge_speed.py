@@ -1,4 +1,4 @@
-"""Merge speed: this project's MergeStrategy against Flower 1.42 and the memory limit.
+"""Merge speed: this project's merge against Flower 1.42 and the memory limit.
 
 For each configuration K x P (K replies of P float32, over 32 tensors), K real Flower
 reply Messages are built once and every variant runs on those very replies,
@@ -9,8 +9,8 @@ round-robin (each repetition runs every variant once; ratios are per repetition)
   ours: core merge          decode_reply (zero-copy views, validation) + WeightedMean
   ours: parts               decode + validate only; WeightedMean on pre-decoded views;
                             sgd step; building the output ArrayRecord
-  ours: MergeStrategy       aggregate_train with sgd lr 1 (= FedAvg): decoding,
-                            validation, streaming mean, optimizer step, output ArrayRecord
+  ours: Merge               coordinator.merge.Merge with sgd lr 1 (= FedAvg): decoding,
+                            validation, streaming mean, optimizer step
   Flower FedAvg             FedAvg().aggregate_train on the same replies (to Flower they
                             are models, to us offsets: same numbers, same arithmetic)
   Flower FedAdam            FedAdam().aggregate_train on the same replies
@@ -60,6 +60,7 @@ from bench.common import (
 
 MEMCPY_ELEMS = 64 * 1024 * 1024
 MEMCPY = "memcpy (yardstick; GB/s counts read + write)"
+OURS = "ours: Merge (validate, WeightedMean, sgd lr 1)"
 TARGET_VS_FLOWER = 5.0
 TARGET_VS_LIMIT = 0.8
 
@@ -82,9 +83,10 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     from flwr.serverapp.strategy import FedAdam, FedAvg
 
     from aggregation import ServerState, WeightedMean, sgd
+    from coordinator.grid import Reply
+    from coordinator.merge import Merge
     from coordinator.payloads import params_record
-    from coordinator.replies import UpdateLimits, decode_reply
-    from coordinator.strategy import MergeStrategy
+    from coordinator.replies import ReplyValidator, UpdateLimits, decode_reply
 
     replies, examples, layout = build_replies(k, p)
     total = float(sum(examples))
@@ -93,35 +95,37 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     def zeros() -> dict[str, torch.Tensor]:
         return {name: torch.zeros(shape) for name, shape in layout}
 
-    # --- ours: the whole strategy, sgd lr 1 = FedAvg, from theta = 0
+    # --- ours: the whole merge (validate, combine, step), sgd lr 1 = FedAvg, from theta = 0
     opt = sgd(lr=1.0)
+    merge = Merge(ReplyValidator(), WeightedMean(), opt)
     params = zeros()
-    strategy = MergeStrategy(
-        state=ServerState(params, opt.init(params)), combiner=WeightedMean(), optimizer=opt,
-    )
-    ours_out, _ = strategy.aggregate_train(1, replies)
+    state = ServerState(params, opt.init(params))
+
+    def ours() -> object:  # theta moves each call; the time does not depend on it
+        return merge(state, (Reply(str(m.metadata.src_node_id), m) for m in replies))
+
+    ours()
     flower_out, _ = FedAvg().aggregate_train(1, replies)
     worst = max(
-        float(np.abs(ours_out[n].numpy() - flower_out[n].numpy()).max()) for n, _ in layout
+        float(np.abs(params[n].numpy() - flower_out[n].numpy()).max()) for n, _ in layout
     )
     assert worst < 1e-6, f"ours != Flower FedAvg on the same replies: max diff {worst}"
-    assert all(ours_out[n].numpy().dtype == np.float32 for n, _ in layout)
-    del ours_out, flower_out
+    assert all(params[n].dtype == torch.float32 for n, _ in layout)
+    del flower_out
 
-    # --- ours, in parts (as the strategy calls them: a combiner that validates values
-    # in its own read, WeightedMean.guards_values, gets offsets decoded without the norm)
+    # --- ours, in parts (as the merge calls them: decode and validate, norm included,
+    # then the combiner, which reuses the norm)
     template = zeros()
     limits = UpdateLimits()
     core_combiner = WeightedMean()
-    decode_kw = {"check_values": not core_combiner.guards_values}
 
     def core() -> object:
         return core_combiner.combine(
-            (decode_reply(m, template, limits, **decode_kw).update for m in replies), template
+            (decode_reply(m, template, limits).update for m in replies), template
         )
 
     def decode_only() -> object:
-        return [decode_reply(m, template, limits, **decode_kw) for m in replies]
+        return [decode_reply(m, template, limits) for m in replies]
 
     decoded = [decode_reply(m, template, limits).update for m in replies]
     combine_only_c = WeightedMean()
@@ -161,8 +165,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     variants = [
         Variant(MEMCPY, lambda: dst.copy_(src)),
         Variant("limit: fused axpy loop", limit),
-        Variant("ours: MergeStrategy.aggregate_train (sgd lr 1)",
-                lambda: strategy.aggregate_train(1, replies)),
+        Variant(OURS, ours),
         Variant("ours: core merge (decode + WeightedMean)", core),
         Variant("ours part: decode + validate", decode_only),
         Variant("ours part: WeightedMean on decoded views", combine_only),
@@ -178,7 +181,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(3):
-            strategy.aggregate_train(1, replies)
+            ours()
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
@@ -190,7 +193,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
 
 def merge_table(res: dict) -> tuple[str, dict[str, list[float]]]:
     times, nbytes, mbytes = res["times"], res["nbytes"], res["memcpy_bytes"]
-    ours = times["ours: MergeStrategy.aggregate_train (sgd lr 1)"]
+    ours = times[OURS]
     lim = times["limit: fused axpy loop"]
     memcpy = times[MEMCPY]
     rows = []

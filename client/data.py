@@ -5,8 +5,10 @@ Each client keeps 20% of its partition as its own validation split (local accura
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -85,3 +87,14 @@ def load_partition(spec: PartitionSpec, partition_id: int) -> ClientData:
     n_val = max(1, len(idx) // 5)
     val, train = idx[:n_val], idx[n_val:]
     return ClientData(x[train], y[train], x[val], y[val])
+
+
+def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(partition-id, num-partitions) from the node config."""
+    try:
+        return int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as exc:
+        raise ValueError(
+            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
+            "--node-config 'partition-id=<i> num-partitions=<n>' (or data-dir=<path>)"
+        ) from None

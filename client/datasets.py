@@ -12,23 +12,18 @@ from typing import Any
 import numpy as np
 
 from client import shakespeare
-from client.data import ClientData, PartitionSpec, digits_split, load_partition
+from client.data import (
+    ClientData,
+    PartitionSpec,
+    digits_split,
+    load_partition,
+    partition_of,
+)
 from client.local_data import DATA_DIR_KEY, load_local_data
 from client.task import ClientTask
 
 NodeConfig = Mapping[str, Any]
 Loader = Callable[[ClientTask, NodeConfig], tuple[int, ClientData]]
-
-
-def partition_of(node_config: NodeConfig) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config."""
-    try:
-        return int(node_config["partition-id"]), int(node_config["num-partitions"])
-    except KeyError as exc:
-        raise ValueError(
-            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>' (or data-dir=<path>)"
-        ) from None
 
 
 def _digits(task: ClientTask, node_config: NodeConfig) -> tuple[int, ClientData]:

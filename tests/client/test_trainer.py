@@ -132,3 +132,38 @@ def test_diagonal_fisher_of_some_tensors_on_a_sample(part) -> None:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-9)
     same = diagonal_fisher(model, x, y, CPU, names=FC2, max_examples=16, seed=3)
     assert all(torch.equal(got[k], same[k]) for k in FC2)
+
+
+class _WithIdle(nn.Module):
+    """A linear classifier plus a tensor the loss does not depend on (its gradient is an
+    exact zero): only the proximal term moves it, so its offset is known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.idle = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + 0.0 * self.idle.sum()
+
+
+@pytest.mark.parametrize("c", [0.0, 0.3, 1.7])
+def test_the_proximal_term_is_c_times_the_offset_exactly(c: float) -> None:
+    """The local loss is L_i(x) + (c/2)||x - theta||^2, whose gradient in theta_i is
+    grad L_i + c theta_i. Where grad L_i = 0, each SGD step is theta_i <- (1 - lr c) theta_i:
+    after n steps a warm offset o becomes (1 - lr c)^n o, the inner problem's optimum
+    (0) approached at exactly that rate. Half the coefficient would give (1 - lr c/2)^n."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=gen).numpy()
+    y = torch.randint(0, 3, (50,), generator=gen).numpy()
+    model = _WithIdle()
+    theta = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    warm = {"idle": torch.tensor([1.0, -2.0, 0.5, 3.0])}
+    lr, epochs, batch = 0.2, 3, 16
+    result = train_offset(model, theta, x, y, epochs=epochs, lr=lr, batch_size=batch,
+                          proximal=c, device=CPU, seed=1, warm_offset=warm)
+    steps = epochs * -(-len(y) // batch)
+    assert result.steps == steps
+    expected = (1.0 - lr * c) ** steps * warm["idle"]
+    torch.testing.assert_close(result.offset["idle"], expected, rtol=1e-5, atol=1e-7)
+    assert result.offset["lin.weight"].abs().max() > 0  # the loss did train the rest

@@ -17,7 +17,8 @@ import torch
 
 from coordinator.checkpoints import load_checkpoint
 from coordinator.config import parse_run_config
-from coordinator.federation import ResumeError, run_federation
+from coordinator.federation import run_federation
+from coordinator.runs import ResumeError
 from coordinator.simulation import simulate
 from coordinator.store import RoundRecord, make_engine, make_session_factory, repo, upgrade_to_head
 

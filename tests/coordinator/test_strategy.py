@@ -1,4 +1,4 @@
-"""MergeStrategy on fake replies: the merge, the rejections, what the observer hears."""
+"""The merge on fake replies: the merge, the rejections, what each round reports."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import torch
 from flwr.serverapp.strategy import FedAvg
 
 from aggregation import adam, make_combiner
-from coordinator.grid import ExchangeTiming, StreamingGrid
-from coordinator.strategy import MergeStrategy
 from tests.utils.replies import error_reply, reply
-from tests.utils.strategies import Recorder
+from tests.utils.strategies import MergeHarness, Recorder
 from tests.utils.strategies import make_strategy as make_theta_strategy
 
 rng = np.random.default_rng(0)
@@ -24,7 +22,7 @@ THETA = {
 }
 
 
-def make_strategy(optimizer=None, combiner=None, **kw) -> tuple[MergeStrategy, Recorder]:
+def make_strategy(optimizer=None, combiner=None, **kw) -> tuple[MergeHarness, Recorder]:
     return make_theta_strategy(THETA, optimizer, combiner, **kw)
 
 
@@ -137,23 +135,26 @@ def test_streaming_merge_holds_one_reply_at_a_time() -> None:
     assert rec.reports[-1].accepted == 6
 
 
-def test_streaming_grid_does_not_keep_replies_it_handed_over() -> None:
-    batch = [reply(o, node=i + 1) for i, o in enumerate(offsets(4))]
-    ids = {m.metadata.reply_to_message_id for m in batch}
+def test_rejected_offsets_leave_no_trace_and_every_merged_norm_is_recorded() -> None:
+    good = offsets(2)
+    nan = {**good[0], "b": np.array([0, np.nan, 0], np.float32)}
+    inf = {**good[0], "w": np.full((4, 3), np.inf, np.float32)}
+    big = {k: np.full_like(v, 100.0) for k, v in THETA.items()}
+    from coordinator.replies import UpdateLimits
 
-    class OnePull:  # every reply arrives in one pull
-        def push_messages(self, messages):
-            return ids
-
-        def pull_messages(self, message_ids):
-            out, batch[:] = list(batch), []
-            return out
-
-    grid = StreamingGrid(OnePull())  # type: ignore[arg-type]
-    handed: list[weakref.ref] = []
-    for msg in grid._replies(set(ids), None, ExchangeTiming()):
-        handed.append(weakref.ref(msg))
-        del msg
-        gc.collect()
-        assert all(r() is None for r in handed)
-    assert len(handed) == 4
+    strategy, rec = make_strategy(limits=UpdateLimits(max_update_norm=50.0))
+    arrays, _ = strategy.aggregate_train(1, [
+        reply(good[0], examples=2, node=1), reply(nan, node=2), reply(inf, node=3),
+        reply(big, node=4), reply(good[1], examples=5, node=5),
+    ])
+    clean, _ = make_strategy()[0].aggregate_train(1, replies_for(good, [2, 5]))
+    for k in THETA:  # bit for bit: a rejected offset touched nothing
+        np.testing.assert_array_equal(arrays[k].numpy(), clean[k].numpy())
+    report = rec.reports[-1]
+    reasons = {c.node_id: c.reason for c in report.clients if not c.accepted}
+    assert "non-finite" in reasons["2"] and "non-finite" in reasons["3"]
+    assert "exceeds max-update-norm 50.0" in reasons["4"]
+    norms = {c.node_id: c.offset_norm for c in report.clients if c.accepted}
+    for node, o in (("1", good[0]), ("5", good[1])):
+        expected = np.sqrt(sum(float(np.square(v.astype(np.float64)).sum()) for v in o.values()))
+        assert norms[node] == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,63 @@
+"""How theta is evaluated: centrally, on the coordinator's held-out split, and
+federatedly, from the clients' evaluate replies, each weighted by examples once, here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from client.datasets import central_test_set
+from client.metrics import EVAL_ACC, EVAL_LOSS, PARTITION_ID, PERSONAL_ACC, PERSONAL_LOSS
+from client.models import build_model
+from client.task import NUM_EXAMPLES
+from client.trainer import evaluate, load_params
+from coordinator.store import EvaluationRecord
+
+Row = Mapping[str, float]
+
+
+class CentralEvaluation:
+    """theta -> its loss and accuracy on the coordinator's held-out split of ``dataset``,
+    as a "central" EvaluationRecord. The model and the split are built once."""
+
+    def __init__(self, dataset: str, model: str) -> None:
+        self.x, self.y = central_test_set(dataset)
+        self.model = build_model(model)
+
+    def __call__(self, params: dict[str, torch.Tensor]) -> EvaluationRecord:
+        loss, acc = evaluate(load_params(self.model, params), self.x, self.y,
+                             torch.device("cpu"))
+        return EvaluationRecord("central", loss, acc, len(self.y))
+
+
+def examples_weighted(rows: Iterable[Row], key: str) -> tuple[float | None, float]:
+    """The examples-weighted mean of ``key`` over the rows that have it (None if none
+    does), and their total weight."""
+    pairs = [(r[key], r.get(NUM_EXAMPLES, 1.0)) for r in rows if key in r]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None, 0.0
+    return sum(v * w for v, w in pairs) / total, total
+
+
+def weighted_means(rows: list[Row], keys: Iterable[str]) -> dict[str, float]:
+    """The examples-weighted mean of each of ``keys`` that some row has."""
+    means = {key: examples_weighted(rows, key)[0] for key in keys}
+    return {key: value for key, value in means.items() if value is not None}
+
+
+def federated_records(clients: list[Row]) -> list[EvaluationRecord]:
+    """The clients' evaluations of theta ("federated", with each client's row under
+    "clients" by partition id) and of each theta + theta_i ("personalized")."""
+    out = []
+    acc, n = examples_weighted(clients, EVAL_ACC)
+    if acc is not None:
+        loss, _ = examples_weighted(clients, EVAL_LOSS)
+        per_client = {str(int(c.get(PARTITION_ID, i))): dict(c) for i, c in enumerate(clients)}
+        out.append(EvaluationRecord("federated", loss, acc, int(n), {"clients": per_client}))
+    acc, n = examples_weighted(clients, PERSONAL_ACC)
+    if acc is not None:
+        loss, _ = examples_weighted(clients, PERSONAL_LOSS)
+        out.append(EvaluationRecord("personalized", loss, acc, int(n)))
+    return out

@@ -1,0 +1,144 @@
+"""The round loop: fedmerge's own, read top to bottom like Flower's ``Strategy.start()``.
+
+    run_round(state):
+        open      the round is recorded in flight (resume aborts it if we die)
+        configure Flower's FedAvg samples the nodes and builds the train messages
+        send      the StreamingGrid pushes them; replies stream back, each with its node
+        merge     Merge(state, replies) -> (state, MergeReport with its own timings)
+        evaluate  the clients' evaluation of the new theta, and the central one
+        checkpoint  theta and the optimizer state, atomically, hashed
+        commit    the RoundRecord, in one transaction, only after its checkpoint
+
+Anything that raises before the commit leaves no half round: the round stays in flight
+in the store and is redone on resume from the last committed round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ConfigRecord
+from flwr.common import log
+
+from aggregation import Params, ServerState
+from client.metrics import PARTITION_ID, TRAIN_LOSS, TRAIN_SECONDS
+from coordinator.checkpoints import save_checkpoint
+from coordinator.evaluation import federated_records
+from coordinator.grid import ExchangeTiming, StreamingGrid
+from coordinator.journal import RunJournal
+from coordinator.merge import ClientOutcome, Merge, MergeReport
+from coordinator.replies import reply_metrics
+from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord
+from coordinator.strategy import MergeStrategy
+
+CentralEvaluation = Callable[[Params], EvaluationRecord]
+"""theta -> its "central" evaluation on the coordinator's held-out split."""
+
+
+@dataclass(frozen=True)
+class RoundLoop:
+    grid: StreamingGrid
+    strategy: MergeStrategy  # Flower's sampling and message building
+    merge: Merge  # the algorithm: validator, combiner, optimizer
+    central: CentralEvaluation
+    journal: RunJournal
+    checkpoint_dir: Path
+    train_config: ConfigRecord
+    evaluate_config: ConfigRecord
+    timeout: float
+    seed: int = 0
+    on_commit: Callable[[RoundRecord], None] | None = None
+
+    def run(self, state: ServerState, last_round: int) -> tuple[ServerState, EvaluationRecord]:
+        """Rounds state.round + 1 ... last_round; the final state and its central
+        evaluation. A new run's initial model is evaluated and recorded as round 0."""
+        central = None
+        if state.round == 0 or state.round >= last_round:
+            central = self.central(state.params)
+            if state.round == 0:
+                self.journal.initial(central)
+        random.seed(self.seed * 1_000_003 + state.round)  # Flower samples with `random`
+        while state.round < last_round:
+            state, record = self.run_round(state)
+            central = next(e for e in record.evaluations if e.kind == "central")
+        assert central is not None
+        return state, central
+
+    def run_round(self, state: ServerState) -> tuple[ServerState, RoundRecord]:
+        number = state.round + 1
+        started_at, t0 = datetime.now(UTC), time.perf_counter()
+        self.journal.open_round(number, started_at)
+
+        train = self.grid.exchange(
+            self.strategy.train_messages(state, self.train_config, self.grid),
+            timeout=self.timeout)
+        state, report = self.merge(state, train)
+
+        t_evaluate = time.perf_counter()
+        evaluate = self.grid.exchange(
+            self.strategy.evaluate_messages(state, self.evaluate_config, self.grid),
+            timeout=self.timeout)
+        clients = [m for r in evaluate if (m := reply_metrics(r.message)) is not None]
+        evaluations = (*federated_records(clients), self.central(state.params))
+
+        path, digest = save_checkpoint(
+            self.checkpoint_dir, round_number=number, params=state.params,
+            opt_state_step=state.opt_state.step, opt_slots=state.opt_state.slots,
+        )
+        record = RoundRecord(
+            number=number,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            send_s=train.timing.send_s,
+            wait_s=report.wait_s,
+            merge_s=report.merge_s,
+            evaluate_s=time.perf_counter() - t_evaluate,
+            metrics={**report.train_metrics, **_diagnostics(report)},
+            checkpoint_path=str(path),
+            checkpoint_sha256=digest,
+            updates=tuple(update_record(o) for o in report.clients),
+            evaluations=evaluations,
+        )
+        self.journal.commit(record, timeout_events(number, (train.timing, evaluate.timing)))
+
+        log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central acc %.4f, %.2f s",
+            number, report.accepted, len(report.clients),
+            report.train_metrics.get(TRAIN_LOSS, float("nan")), evaluations[-1].accuracy,
+            time.perf_counter() - t0)
+        if self.on_commit is not None:
+            self.on_commit(record)
+        return state, record
+
+
+def update_record(o: ClientOutcome) -> UpdateRecord:
+    pid = o.metrics.get(PARTITION_ID)
+    return UpdateRecord(
+        node_id=o.node_id,
+        accepted=o.accepted,
+        reason=o.reason,
+        partition_id=None if pid is None else int(pid),
+        num_examples=None if o.num_examples is None else int(o.num_examples),
+        offset_norm=o.offset_norm,
+        train_seconds=o.metrics.get(TRAIN_SECONDS),
+        metrics=o.metrics,
+    )
+
+
+def timeout_events(number: int, timings: tuple[ExchangeTiming, ...]) -> list[tuple[str, str]]:
+    """A "round-timeout" event for each exchange that stopped at the round timeout."""
+    return [
+        ("round-timeout",
+         f"round {number}: no {t.kind} reply from node(s) {', '.join(t.missing)} within "
+         f"round-timeout; {t.replies} of {t.expected} replies came")
+        for t in timings if t.timed_out
+    ]
+
+
+def _diagnostics(report: MergeReport) -> dict[str, object]:
+    return {f"combiner-{k}": v for k, v in report.diagnostics.items()}
