@@ -233,10 +233,13 @@ def train_reply(arrays: dict[str, torch.Tensor], *, examples: int, node: int):
     num-examples, as client/client_app.py sends it."""
     from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
+    from client.metrics import TRAIN_LOSS
+    from client.task import METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
+
     stamp(node)
     content = RecordDict({
-        "arrays": ArrayRecord(arrays),
-        "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5}),
+        OFFSET_KEY: ArrayRecord(arrays),
+        METRICS_KEY: MetricRecord({NUM_EXAMPLES: examples, TRAIN_LOSS: 0.5}),
     })
     return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
 

@@ -39,6 +39,7 @@ from bench.common import (
     write_report,
 )
 from bench.federated import Contender, Curve, flower_strategies, run_contenders
+from client.metrics import PERSONAL_ACC
 
 SPLITS: dict[str, dict[str, Any]] = {
     "dirichlet-0.1": {"partition": "dirichlet", "dirichlet-alpha": 0.1},
@@ -222,7 +223,7 @@ def personal_rows(per_seed: list[dict[str, Curve]], local: list[dict[str, Any]],
     """Clients evaluated in the last round that hold a personal offset, each against the
     same client trained alone (``local``: per-client accuracies by partition id)."""
     cs = [s[label] for s in per_seed]
-    evald = [{pid: m for pid, m in c.clients.items() if "personal-acc" in m} for c in cs]
+    evald = [{pid: m for pid, m in c.clients.items() if PERSONAL_ACC in m} for c in cs]
     if any(c.error for c in cs) or not all(evald):
         return ["error" if any(c.error for c in cs) else "no personal evaluation",
                 "", "", "", "", ""]
@@ -234,7 +235,7 @@ def personal_rows(per_seed: list[dict[str, Curve]], local: list[dict[str, Any]],
         return statistics.fmean(loc[key][pid] for e, loc in zip(evald, local, strict=True)
                                 for pid in e)
 
-    diffs = [m["personal-acc"] - loc["per_client_own"][pid]
+    diffs = [m[PERSONAL_ACC] - loc["per_client_own"][pid]
              for e, loc in zip(evald, local, strict=True) for pid, m in e.items()]
     at_least = sum(d >= 0 for d in diffs)
     return [

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
@@ -41,14 +40,15 @@ bench_client = ClientApp()
 @bench_client.train()
 def _train(msg: Message, context: Context) -> Message:
     from client.client_app import train
+    from client.task import METRICS_KEY, OFFSET_KEY
 
     reply = train(msg, context)
     if msg.content["config"].get(BENCH_REPLY_KEY, "offset") != "model" or reply.has_error():
         return reply
-    theta = msg.content["arrays"].to_torch_state_dict()
-    offset = reply.content["arrays"].to_torch_state_dict()
+    theta = msg.content[OFFSET_KEY].to_torch_state_dict()  # theta itself, in a request
+    offset = reply.content[OFFSET_KEY].to_torch_state_dict()
     model = {k: (t + offset[k]) if k in offset else t for k, t in theta.items()}
-    content = RecordDict({"arrays": ArrayRecord(model), "metrics": reply.content["metrics"]})
+    content = RecordDict({OFFSET_KEY: ArrayRecord(model), METRICS_KEY: reply.content[METRICS_KEY]})
     return Message(content=content, reply_to=msg)
 
 
@@ -99,20 +99,6 @@ class Curve:
         return dict(self.__dict__)
 
 
-def _central(dataset: str, model_name: str) -> Callable[[dict[str, torch.Tensor]], tuple]:
-    from client.datasets import central_test_set
-    from client.models import build_model
-    from client.trainer import evaluate, load_params
-
-    x, y = central_test_set(dataset)
-    model = build_model(model_name)
-
-    def central(params: dict[str, torch.Tensor]) -> tuple[float, float]:
-        return evaluate(load_params(model, params), x, y, torch.device("cpu"))
-
-    return central
-
-
 def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
               central) -> Curve:
     from client.models import build_model
@@ -123,9 +109,9 @@ def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
                             "run-name": c.label})
     curve = Curve(c.label)
     init = build_model(cfg.model, seed=cfg.seed).state_dict()
-    loss0, acc0 = central(init)
-    curve.acc.append(acc0)
-    curve.loss.append(loss0)
+    initial = central(init)
+    curve.acc.append(initial.accuracy)
+    curve.loss.append(initial.loss)
 
     def on_commit(rec) -> None:
         ev = {e.kind: e for e in rec.evaluations}
@@ -160,14 +146,14 @@ def _run_flower(grid: Grid, base: Mapping[str, Any], c: Contender, num_nodes: in
     stamps: list[float] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, acc = central(arrays.to_torch_state_dict())
-        curve.acc.append(acc)
-        curve.loss.append(loss)
+        ev = central(arrays.to_torch_state_dict())
+        curve.acc.append(ev.accuracy)
+        curve.loss.append(ev.loss)
         now = time.perf_counter()
         if stamps:
             curve.round_s.append(now - stamps[-1])
         stamps.append(now)
-        return MetricRecord({"central-acc": acc, "central-loss": loss})
+        return MetricRecord({"central-acc": ev.accuracy, "central-loss": ev.loss})
 
     random.seed(cfg.seed * 1_000_003)  # Flower samples clients with `random`
     strategy.start(grid=grid, initial_arrays=init, num_rounds=cfg.num_server_rounds,
@@ -205,7 +191,9 @@ def run_contenders(
         quiet()
         # each strategy warns that fraction_evaluate = 0 skips federated evaluation
         logging.getLogger("flwr").setLevel(logging.ERROR)
-        central = _central(base["dataset"], base.get("model", "mlp"))
+        from coordinator.evaluation import CentralEvaluation
+
+        central = CentralEvaluation(base["dataset"], base.get("model", "mlp"))
         for c in contenders:
             t0 = time.perf_counter()
             try:
@@ -236,7 +224,8 @@ def run_contenders(
 def flower_strategies(*, fedavgm_momentum: float = 0.9, fedadam_eta: float = 0.1,
                       prox_mu: float = 0.1, fraction_train: float = 1.0,
                       min_train: int | None = None) -> list[Contender]:
-    """Flower's FedAvg, FedAvgM, FedAdam and FedProx, as PERF-ANCHORS.md ran them."""
+    """Flower's FedAvg, FedAvgM, FedAdam and FedProx, with Flower's own defaults but for
+    the fractions and node counts (and the given hyperparameters)."""
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
     def opts(n: int) -> dict[str, Any]:

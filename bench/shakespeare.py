@@ -44,6 +44,7 @@ from bench.convergence import (
     summary_rows,
 )
 from bench.federated import Contender, flower_strategies, run_contenders
+from client.metrics import PERSONAL_ACC
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
 FIXTURE_MIN_LINES = 20
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                             on_done=lambda curve: progress(curve, target=None))
     pers = curves[cs[-1].label]
     evaluated = {pid: pers.participation.get(pid, 0) for pid, m in pers.clients.items()
-                 if "personal-acc" in m}
+                 if PERSONAL_ACC in m}
     local = local_only(evaluated, args.local_epochs, args.local_lr, args.seed)
     out = results_dir(args.out)
     png = out / "shakespeare.png"

@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import metrics as m
 from client.datasets import load_client_data
 from client.models import build_model
 from client.task import (
@@ -63,7 +64,7 @@ def train(msg: Message, context: Context) -> Message:
     trainable = _trainable(context, model)
 
     metrics: dict[str, float | int] = {}
-    _, metrics["shared-acc"] = evaluate(load_params(model, theta), data.x_val, data.y_val, device)
+    _, metrics[m.SHARED_ACC] = evaluate(load_params(model, theta), data.x_val, data.y_val, device)
     result = train_offset(
         model, theta, data.x_train, data.y_train,
         epochs=task.local_epochs, lr=task.local_lr, batch_size=task.batch_size,
@@ -74,13 +75,13 @@ def train(msg: Message, context: Context) -> Message:
     )
     if personal:
         context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
-        _, metrics["personal-acc"] = evaluate(model, data.x_val, data.y_val, device)
+        _, metrics[m.PERSONAL_ACC] = evaluate(model, data.x_val, data.y_val, device)
     metrics.update({
         NUM_EXAMPLES: len(data.y_train),
-        "train-loss": result.loss,
-        "train-seconds": result.seconds,
-        "partition-id": pid,
-        "device-cuda": int(device.type == "cuda"),
+        m.TRAIN_LOSS: result.loss,
+        m.TRAIN_SECONDS: result.seconds,
+        m.PARTITION_ID: pid,
+        m.DEVICE_CUDA: int(device.type == "cuda"),
     })
     content = RecordDict(
         {OFFSET_KEY: ArrayRecord(result.offset), METRICS_KEY: MetricRecord(metrics)}
@@ -105,12 +106,12 @@ def evaluate_shared(msg: Message, context: Context) -> Message:
     model = load_params(build_model(task.model), theta)
     loss, acc = evaluate(model, data.x_val, data.y_val, device)
     metrics: dict[str, float | int] = {
-        "eval-loss": loss, "eval-acc": acc, NUM_EXAMPLES: len(data.y_val), "partition-id": pid,
+        m.EVAL_LOSS: loss, m.EVAL_ACC: acc, NUM_EXAMPLES: len(data.y_val), m.PARTITION_ID: pid,
     }
     offset = _stored_offset(context)
     if task.mode == "personal" and offset is not None:
         model = load_params(model, theta, offset)
-        metrics["personal-loss"], metrics["personal-acc"] = evaluate(
+        metrics[m.PERSONAL_LOSS], metrics[m.PERSONAL_ACC] = evaluate(
             model, data.x_val, data.y_val, device
         )
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

@@ -9,6 +9,7 @@ TRAIN_LOSS = "train-loss"  # mean loss over the last local epoch
 TRAIN_SECONDS = "train-seconds"
 PARTITION_ID = "partition-id"
 SHARED_ACC = "shared-acc"  # local validation accuracy of theta before training
+DEVICE_CUDA = "device-cuda"  # 1 if the node trained on a GPU
 # Train (personal mode) and evaluate replies
 PERSONAL_ACC = "personal-acc"  # of theta + theta_i on the client's own validation split
 PERSONAL_LOSS = "personal-loss"

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client.metrics import TRAIN_LOSS
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.runs import ResumeError, resumed_config
 from coordinator.simulation import simulate
@@ -48,7 +49,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         ok = sum(u.accepted for u in rec.updates)
         table.add_row(
             str(rec.number), str(ok), str(len(rec.updates) - ok),
-            _fmt(rec.metrics.get("train-loss")), _fmt(_acc(ev, "central")),
+            _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_acc(ev, "central")),
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
         )

@@ -13,6 +13,7 @@ from rich.table import Column, Table
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
+from client.metrics import TRAIN_LOSS
 from coordinator.checkpoints import load_checkpoint
 from coordinator.store import make_engine, make_session_factory, repo, resolve_db_url
 
@@ -54,9 +55,10 @@ def print_runs(db: str | None, out_dir: Path) -> None:
 
 
 def history(s: Session, run_id: str) -> list[dict[str, object]]:
-    """One flat row per round: timings, train metrics and each evaluation's accuracy."""
+    """One flat row per round: timings, train metrics and each evaluation's accuracy
+    (of committed rounds: the same store read as the dashboard's)."""
     evals: dict[int, dict[str, float | None]] = {}
-    for e in repo.evaluations_of(s, run_id):
+    for e in repo.committed_evaluations(s, run_id):
         evals.setdefault(e.round_number, {})[f"{e.kind}_accuracy"] = e.accuracy
         evals[e.round_number][f"{e.kind}_loss"] = e.loss
     rows = []
@@ -65,7 +67,7 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
             "round": r.number, "status": r.status, "attempts": r.attempts,
             "accepted": r.num_accepted, "rejected": r.num_rejected,
             "send_s": r.send_s, "wait_s": r.wait_s, "merge_s": r.merge_s,
-            "evaluate_s": r.evaluate_s, "train_loss": (r.metrics or {}).get("train-loss"),
+            "evaluate_s": r.evaluate_s, "train_loss": (r.metrics or {}).get(TRAIN_LOSS),
         }
         row.update(evals.get(r.number, {}))
         rows.append(row)

@@ -220,12 +220,7 @@ def clients(s: Session, run_id: str) -> ClientsPublic:
 
 def evaluations(s: Session, run_id: str) -> EvaluationsPublic:
     run = find_run(s, run_id)
-    rows = s.scalars(
-        select(EvaluationRow)
-        .where(EvaluationRow.run_id == run.id, _counted_evaluation())
-        .order_by(EvaluationRow.round_number, EvaluationRow.kind, EvaluationRow.id)
-    ).all()
-    data = [EvaluationPublic.model_validate(e) for e in rows]
+    data = [EvaluationPublic.model_validate(e) for e in repo.committed_evaluations(s, run.id)]
     return EvaluationsPublic(data=data, count=len(data))
 
 

@@ -25,7 +25,6 @@ DEPLOY_ENV = {
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
     "PYTHONUNBUFFERED": "1",
 }
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Flower exit codes worth a hint (flwr/supercore/exit/exit_code.py)
 EXIT_HINTS = {
     305: "the SuperLink refused this SuperNode: with SuperNode authentication on, register "
@@ -47,10 +46,6 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **DEPLOY_ENV}
     env.update(extra or {})
     return env
-
-
-def is_loopback(host: str) -> bool:
-    return host.strip("[]") in LOOPBACK_HOSTS
 
 
 def split_address(address: str) -> tuple[str, int]:

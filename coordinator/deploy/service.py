@@ -22,10 +22,10 @@ from coordinator.deploy.procs import (
     Supervisor,
     child_env,
     flwr_executable,
-    is_loopback,
     run_supervised,
     split_address,
 )
+from dashboard.settings import is_loopback  # one loopback rule: 127.0.0.0/8, ::1, localhost
 
 DEFAULT_PORT = 8000  # flower-superlink's own default
 CLI_CONNECTION = "fedmerge-coordinator"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from coordinator.store.db import StoreError
@@ -300,6 +300,23 @@ def evaluations_of(s: Session, run_id: str) -> Sequence[EvaluationRow]:
     stmt = (
         select(EvaluationRow)
         .where(EvaluationRow.run_id == run_id)
+        .order_by(EvaluationRow.round_number, EvaluationRow.kind, EvaluationRow.id)
+    )
+    return s.scalars(stmt).all()
+
+
+def committed_evaluations(s: Session, run_id: str) -> Sequence[EvaluationRow]:
+    """The evaluations that count: the initial model's (round 0) and those of committed
+    rounds. A round a resume discarded keeps its rows until it is redone, but they are
+    history, not results: ``fedmerge show`` and the dashboard both read this."""
+    committed = exists().where(
+        RoundRow.run_id == EvaluationRow.run_id, RoundRow.number == EvaluationRow.round_number,
+        RoundRow.status == "committed",
+    )
+    stmt = (
+        select(EvaluationRow)
+        .where(EvaluationRow.run_id == run_id,
+               or_(EvaluationRow.round_number == 0, committed))
         .order_by(EvaluationRow.round_number, EvaluationRow.kind, EvaluationRow.id)
     )
     return s.scalars(stmt).all()
