@@ -1,4 +1,4 @@
-"""The objective of DESIGN.md in closed form for quadratic clients, the check that cannot
+"""The objective (docs/design.md) in closed form for quadratic clients, the check that cannot
 be argued with: L_i(x) = 1/2 (x - c_i)^T A_i (x - c_i), A_i symmetric positive definite."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The objective's gradient from client offsets (DESIGN.md).
+"""The objective's gradient from client offsets (docs/design.md: the envelope theorem).
 
 At each client's inner optimum theta_i*, grad F(theta) = -lam * sum_i w_i theta_i*.
 In ``global`` mode the same expression with scale 1 is FedOpt's pseudo-gradient

@@ -2,7 +2,7 @@
 
 The client's model is x = theta + theta_i. It minimises
     L_i(x) + (c/2) ||x - theta||^2
-by minibatch SGD, with c = lam in ``personal`` mode (the inner problem of DESIGN.md) and
+by minibatch SGD, with c = lam in ``personal`` mode (the inner problem of docs/design.md) and
 c = prox-mu in ``global`` mode (FedProx; 0 is plain local SGD). It returns theta_i = x - theta.
 """
 

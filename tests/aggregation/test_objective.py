@@ -1,5 +1,5 @@
 """aggregation/objective.py: the quadratic clients' closed forms, checked against the
-definitions of DESIGN.md (inner problem, F, its minimiser), not against each other."""
+definitions of docs/design.md (inner problem, F, its minimiser), not against each other."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def problem(seed: int, k: int = 4, d: int = 6) -> tuple[list[Tensor], list[Tenso
 
 
 def inner_objective(a: Tensor, c: Tensor, theta: Tensor, t: Tensor, lam: float) -> Tensor:
-    """L_i(theta + theta_i) + lam/2 ||theta_i||^2, written from DESIGN.md."""
+    """L_i(theta + theta_i) + lam/2 ||theta_i||^2, written from docs/design.md."""
     r = theta + t - c
     return 0.5 * r @ a @ r + 0.5 * lam * t @ t
 
