@@ -1,8 +1,9 @@
 """Convergence on digits: this project's server optimizers and personal mode against
 Flower's FedAvg, FedAvgM, FedAdam and FedProx, through the same ClientApp.
 
-Setting (the reference setting Flower's figures below were measured in): 10 clients, all sampled every round, MLP 64-128-10, local
-SGD lr 0.05, batch 32, 2 local epochs, 30 rounds, central accuracy on the held-out 20%.
+Setting (the one Flower's reference figures below were measured in): 10 clients, all
+sampled every round, MLP 64-128-10, local SGD lr 0.05, batch 32, 2 local epochs, 30
+rounds, central accuracy on the held-out 20%.
 Splits: Dirichlet(0.1), Dirichlet(0.5), pathological 2 classes per client; the same
 partitions, client seeds and initial model for every contender.
 
@@ -57,7 +58,8 @@ TUNING_GRID = {"momentum": [(lr, 0.9) for lr in (0.5, 1.0, 1.5)], "adam": ADAPTI
 QUICK_HPARAMS = {"momentum": (1.0, 0.9), "adam": (0.03, 0.9), "yogi": (0.03, 0.9)}
 HParams = dict[str, tuple[float, float]]  # optimizer -> (server-lr, beta1)
 TARGET = 0.90
-# Flower's strategies measured in this setting before fedmerge existed, 3 seeds: rounds to 0.90 (seed 0/1/2), final accuracy (3-seed mean)
+# Flower's strategies measured in this setting before fedmerge existed, 3 seeds: rounds
+# to 0.90 (seed 0/1/2), final accuracy (3-seed mean)
 FLOWER_ANCHORS = {
     "dirichlet-0.1": ["never, 0.83", "13/15/15, 0.95", "9/8/9, 0.95 (oscillates)",
                       "never, 0.83"],

@@ -1,7 +1,7 @@
-"""The environment every Flower process of ours runs with (docs/design.md, Flower notes): no telemetry,
-no update check, no `uv sync` of the run's dependencies (it fails offline and would pull a
-CUDA torch), and Ray's servers on loopback. Imports nothing heavy: the deployment
-services set it for their children before anything imports torch."""
+"""The environment every Flower process of ours runs with (docs/design.md, Flower
+notes): no telemetry, no update check, no `uv sync` of the run's dependencies (it fails
+offline and would pull a CUDA torch), and Ray's servers on loopback. Imports nothing
+heavy: the deployment services set it for their children before anything imports torch."""
 
 from __future__ import annotations
 

@@ -48,3 +48,61 @@ def offending(folder: str, allowed_project: set[str], banned: set[str]) -> list[
 )
 def test_dependency_direction(folder: str, allowed: set[str], banned: set[str]) -> None:
     assert offending(folder, allowed, banned) == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (lazy imports count), over the packages."""
+    modules = {
+        _module_name(p): p for folder in sorted(PROJECT) for p in (ROOT / folder).rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            targets.update(f for f in found if f in modules and f != name)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = project_import_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert cycles == []
+
+
+def test_no_process_wide_warning_filter_at_import() -> None:
+    """A module may not install a warnings filter when imported: entry points do."""
+    bad = []
+    for folder in sorted(PROJECT):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.parse(path.read_text()).body:
+                call = node.value if isinstance(node, ast.Expr) else None
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                        and call.func.attr in ("filterwarnings", "simplefilter")):
+                    bad.append(str(path.relative_to(ROOT)))
+    assert bad == []

@@ -1,7 +1,7 @@
-"""The "check that cannot be argued with" of docs/design.md: a federation of exact quadratic clients,
-L_i(x) = 1/2 (x - c_i)^T A_i (x - c_i), driven round by round through the real coordinator
-math (ClientUpdate -> WeightedMean -> objective_gradient -> ServerOptimizer.step), must
-converge to theta* = (sum_i w_i M_i)^-1 sum_i w_i M_i c_i."""
+"""The "check that cannot be argued with" of docs/design.md: a federation of exact
+quadratic clients, L_i(x) = 1/2 (x - c_i)^T A_i (x - c_i), driven round by round through
+the real coordinator math (ClientUpdate -> WeightedMean -> objective_gradient ->
+ServerOptimizer.step), must converge to theta* = (sum_i w_i M_i)^-1 sum_i w_i M_i c_i."""
 
 from __future__ import annotations
 
