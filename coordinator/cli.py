@@ -125,7 +125,8 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
     token: Annotated[
         str | None,
-        typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when set."),
+        typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when "
+                     "set; prefer $FEDMERGE_DASHBOARD_TOKEN (argv shows in `ps`)."),
     ] = None,
     out_dir: OutDir = DEFAULT_OUT,
     db: Db = "",
@@ -133,9 +134,14 @@ def dashboard(
     """Serve the read-only web dashboard over the run store."""
     from coordinator.store import resolve_db_url
     from dashboard.server import serve
+    from dashboard.settings import DashboardConfigError, InsecureBind
 
-    serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host, port=port,
-          token=token)
+    try:
+        serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host,
+              port=port, token=token)
+    except (DashboardConfigError, InsecureBind, OSError) as exc:  # one line, no secrets
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # ---- deployment: the coordinator service, workers, run submission, certificates ----
