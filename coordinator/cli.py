@@ -45,7 +45,10 @@ def demo(
     out_dir: OutDir = DEFAULT_OUT,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard while it runs.")] = True,
-    port: Annotated[int, typer.Option(help="Dashboard port (127.0.0.1).")] = 8080,
+    port: Annotated[int, typer.Option(
+        help="Dashboard port (127.0.0.1); a free one is used if it is taken.")] = 8080,
+    keep_dashboard: Annotated[bool, typer.Option(
+        help="Keep the dashboard up after the run ends, until Ctrl-C.")] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any other run-config key, as key=value (repeatable)."),
@@ -62,7 +65,8 @@ def demo(
         "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
     }
     overrides.update(_pairs(set_ or []))
-    raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None))
+    raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None,
+                              keep_dashboard=keep_dashboard))
 
 
 @app.command()
