@@ -204,8 +204,7 @@
     for (const [name, spec] of Object.entries(specs)) {
       const el = figureFor(name, spec);
       el.closest("figure")?.classList.add("has-chart");
-      el.dataset.points = String(spec.series.reduce((n, s) => n + s.points.length, 0));
-      el.dataset.series = spec.series.map((s) => s.label).join("|");
+      el.dataset.points = JSON.stringify(Object.fromEntries(spec.series.map((s) => [s.label, s.points.length])));
       if (!spec.series.length) {
         el.textContent = `${el.dataset.title}: no data yet.`;
         el.classList.add("chart-empty");
