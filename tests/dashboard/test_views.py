@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -150,3 +151,23 @@ def test_a_starting_run_shows_no_client_count(
         repo.start_round(s, run_id, 1, datetime.now(UTC) - timedelta(seconds=1))
     html = memory_app().get(f"/runs/{run_id}").text
     assert '<span class="stat-value" id="num-clients">–</span>' in html
+
+
+def test_personal_mode_shows_each_clients_personalized_accuracy(
+    memory_app: AppFactory, memory_store: sessionmaker[Session]
+) -> None:
+    with memory_store.begin() as s:
+        run_id = factories.create_run(s, name="personal")
+        for number, acc in ((1, 0.5), (2, 0.875)):
+            base = factories.round_record(number)
+            updates = tuple(
+                dataclasses.replace(u, metrics={"personal-acc": acc, "train-loss": 0.3})
+                for u in base.updates
+            )
+            factories.commit_round(s, run_id, dataclasses.replace(base, updates=updates))
+    client = memory_app()
+    html = client.get(f"/runs/{run_id}/clients/1111").text
+    assert '<strong id="personal-accuracy">87.5%</strong>' in html  # the latest round's
+    assert "<th class=\"num\">personal-acc</th>" in html
+    rounds = client.get(f"/api/runs/{run_id}/clients/1111").json()["rounds"]
+    assert [u["metrics"]["personal-acc"] for u in rounds] == [0.5, 0.875]
