@@ -45,7 +45,10 @@ def demo(
     out_dir: OutDir = DEFAULT_OUT,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard while it runs.")] = True,
-    port: Annotated[int, typer.Option(help="Dashboard port (127.0.0.1).")] = 8080,
+    port: Annotated[int, typer.Option(
+        help="Dashboard port (127.0.0.1); a free one is used if it is taken.")] = 8080,
+    keep_dashboard: Annotated[bool, typer.Option(
+        help="Keep the dashboard up after the run ends, until Ctrl-C.")] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any other run-config key, as key=value (repeatable)."),
@@ -62,7 +65,8 @@ def demo(
         "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
     }
     overrides.update(_pairs(set_ or []))
-    raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None))
+    raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None,
+                              keep_dashboard=keep_dashboard))
 
 
 @app.command()
@@ -125,7 +129,8 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
     token: Annotated[
         str | None,
-        typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when set."),
+        typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when "
+                     "set; prefer $FEDMERGE_DASHBOARD_TOKEN (argv shows in `ps`)."),
     ] = None,
     out_dir: OutDir = DEFAULT_OUT,
     db: Db = "",
@@ -133,9 +138,14 @@ def dashboard(
     """Serve the read-only web dashboard over the run store."""
     from coordinator.store import resolve_db_url
     from dashboard.server import serve
+    from dashboard.settings import DashboardConfigError, InsecureBind
 
-    serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host, port=port,
-          token=token)
+    try:
+        serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host,
+              port=port, token=token)
+    except (DashboardConfigError, InsecureBind, OSError) as exc:  # one line, no secrets
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # ---- deployment: the coordinator service, workers, run submission, certificates ----

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import threading
 from typing import Any
 
 from rich.console import Console, Group
@@ -25,7 +27,9 @@ from coordinator.store import (
 console = Console()
 
 
-def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
+def run_demo(
+    overrides: dict[str, Any], *, dashboard_port: int | None, keep_dashboard: bool = False
+) -> int:
     try:
         cfg = _checked_store(parse_run_config(overrides))
     except (ConfigError, ResumeError, StoreError) as exc:
@@ -62,7 +66,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         f"{cfg.combiner}, {cfg.num_server_rounds} rounds"
     )
     if server:
-        console.print(f"dashboard: [link]http://127.0.0.1:{dashboard_port}/[/link]")
+        console.print(f"dashboard: [link]{dashboard_url(server)}[/link]")
     try:
         with Live(Group(table, progress), console=console, refresh_per_second=4):
             result = simulate(cfg, num_clients=cfg.num_clients, on_commit=on_commit)
@@ -70,7 +74,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         console.print(f"[red]the run failed:[/red] {type(exc).__name__}: {exc}")
         return 1
     finally:
-        if server:
+        if server and not keep_dashboard:
             server.should_exit = True
     console.print(
         f"\nfinal central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
@@ -79,7 +83,21 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}\n"
         f"      fedmerge dashboard --out-dir {cfg.out_path}"
     )
+    if server and keep_dashboard:
+        hold_dashboard(server)
     return 0
+
+
+def hold_dashboard(server: Any, wait: Any = None) -> None:
+    """Keep the dashboard up until Ctrl-C (``wait`` blocks until then; tests pass theirs)."""
+    console.print(f"dashboard still at [link]{dashboard_url(server)}[/link]: Ctrl-C stops it")
+    try:
+        (wait or threading.Event().wait)()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        console.print("dashboard stopped")
 
 
 def _checked_store(cfg: MergeConfig) -> MergeConfig:
@@ -92,8 +110,15 @@ def _checked_store(cfg: MergeConfig) -> MergeConfig:
     return cfg
 
 
-def _start_dashboard(db_url: str, port: int):
-    """The dashboard in a background thread, if it is installed and the port is free."""
+def dashboard_url(server: Any) -> str:
+    """The address really served (the port may differ from the one asked for)."""
+    return f"http://127.0.0.1:{server.config.port}/"
+
+
+def _start_dashboard(db_url: str, port: int) -> Any:
+    """The dashboard in a background thread on ``port``, or on a free port if that one is
+    taken (so a page on ``port`` may be another process's, and the demo says which it
+    serves); None if the dashboard is not installed or cannot start at all."""
     try:
         from dashboard.server import serve_in_thread
     except ImportError:
@@ -101,8 +126,19 @@ def _start_dashboard(db_url: str, port: int):
     try:
         return serve_in_thread(db_url=db_url, host="127.0.0.1", port=port)
     except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            console.print(f"[yellow]dashboard not started:[/yellow] {exc}")
+            return None
+    try:
+        server = serve_in_thread(db_url=db_url, host="127.0.0.1", port=0)
+    except OSError as exc:
         console.print(f"[yellow]dashboard not started:[/yellow] {exc}")
         return None
+    console.print(
+        f"[yellow]port {port} is taken by another process[/yellow] (what it serves is not "
+        f"this demo's); this demo's dashboard is on port {server.config.port}"
+    )
+    return server
 
 
 def _acc(ev: dict, kind: str) -> float | None:

@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from coordinator.store import StoreError, make_session_factory, ping
 from dashboard.auth import TokenGate, wants_json
 from dashboard.db import make_readonly_engine, unavailable_reason
-from dashboard.queries import UnknownCheckpoint, UnknownRun
+from dashboard.queries import UnknownCheckpoint, UnknownClient, UnknownRun
 from dashboard.routes import api, pages
+from dashboard.security import HostGuard, SecurityHeaders, allowed_hosts
 from dashboard.settings import DashboardSettings
 from dashboard.templating import STATIC_DIR, make_templates
 
@@ -44,10 +45,12 @@ def create_app(settings: DashboardSettings) -> FastAPI:
             yield
         finally:
             engine.dispose()
+            if (writer := getattr(app.state, "writer_engine", None)) is not None:
+                writer.dispose()
 
     app = FastAPI(
         title="fedmerge dashboard",
-        summary="Read-only view of fedmerge's run store: runs, rounds, clients, evaluations.",
+        summary="fedmerge's run store: runs, rounds, clients, evaluations (and run notes).",
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load their code from a CDN
         redoc_url=None,
@@ -62,6 +65,9 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         app.add_middleware(
             TokenGate, token=settings.token, refuse_html=lambda r: error_page(r, 401)
         )
+    if (hosts := allowed_hosts(settings)) is not None:
+        app.add_middleware(HostGuard, allowed=hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers
     return app
 
 
@@ -103,6 +109,7 @@ def _add_error_pages(app: FastAPI) -> None:
 
     app.add_exception_handler(UnknownRun, not_found)
     app.add_exception_handler(UnknownCheckpoint, not_found)
+    app.add_exception_handler(UnknownClient, not_found)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(SQLAlchemyError, store_error)
     app.add_exception_handler(StoreError, store_error)

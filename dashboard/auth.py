@@ -1,9 +1,10 @@
 """The token gate: a pure ASGI middleware in front of every route but ``/static``.
 
-A request passes with ``Authorization: Bearer <token>``, with ``?token=<token>`` (which
-also sets an HttpOnly cookie, so a browser needs the token only in its first URL), or
-with that cookie. Anything else gets 401: JSON under ``/api`` and ``/openapi.json``
-(or when the client asks for JSON), a small HTML page otherwise.
+A request passes with ``Authorization: Bearer <token>`` or with the session cookie.
+``?token=<token>`` is answered by a redirect to the same address without the token that
+sets that HttpOnly cookie: the token leaves the address bar, history and Referer, and a
+browser needs it only in its first URL. Anything else gets 401: JSON under ``/api`` and
+``/openapi.json`` (or when the client asks for JSON), a small HTML page otherwise.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "fedmerge_dashboard"
 OPEN_PREFIXES = ("/static/",)  # stylesheet and script: nothing about any run
@@ -63,21 +64,20 @@ class TokenGate:
         if self._same(bearer, self.token) or self._same(jar, self.cookie):
             await self.app(scope, receive, send)
         elif self._same(given, self.token):
-            await self.app(scope, receive, self._with_cookie(scope, send))
+            await self._redirect_with_cookie(scope, receive, send)
         else:
             await self._refuse(scope, receive, send)
 
-    def _with_cookie(self, scope: Scope, send: Send) -> Send:
-        secure = "; Secure" if scope.get("scheme") == "https" else ""
-        header = f"{COOKIE}={self.cookie}; Path=/; HttpOnly; SameSite=Strict{secure}"
-
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"set-cookie", header.encode())]
-            await send(message)
-
-        return send_with_cookie
+    async def _redirect_with_cookie(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kept = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                              keep_blank_values=True) if k != "token"]
+        target = scope.get("root_path", "") + scope["path"]
+        if kept:
+            target += "?" + urlencode(kept)
+        response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+        response.set_cookie(COOKIE, self.cookie, path="/", httponly=True, samesite="strict",
+                            secure=scope.get("scheme") == "https")
+        await response(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         if wants_json(scope):

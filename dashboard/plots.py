@@ -64,6 +64,14 @@ def _empty(ax: Axes, what: str) -> None:
             transform=ax.transAxes)
 
 
+def _round_axis(ax: Axes, numbers: Sequence[int]) -> None:
+    """Whole rounds only: at least one round wide, so a lone point (or none, while a run
+    starts) never spreads fractional ticks like -0.045 .. 0.045."""
+    lo, hi = min(numbers, default=0), max(numbers, default=1)
+    ax.set_xlim(lo - 0.4, max(hi, lo + 1) + 0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None:
     drawn = False
     for kind in EVALUATION_KINDS:
@@ -80,7 +88,7 @@ def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None
         line.set_gid(f"{kind}-{metric}")
         drawn = True
     ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _round_axis(ax, [e.round_number for e in evals if getattr(e, metric) is not None])
     if drawn:
         ax.legend(loc="best")
     else:
@@ -135,7 +143,7 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
         ax.set_xlabel("round")
         ax.set_ylabel("seconds")
         ax.set_title("Round duration by phase")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _round_axis(ax, numbers)
         ax.grid(axis="x", visible=False)
         if done:
             # Outside, to the right: round 1 (often the tallest) sits at the upper left.
@@ -149,6 +157,7 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
                                 fontsize=8, color="#0f172a", gid=f"duration-clipped-r{number}",
                                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none"})
         else:
+            ax.set_ylim(0.0, 1.0)  # no negative seconds while a run starts
             _empty(ax, "committed rounds")
 
     return _render("durations", draw)

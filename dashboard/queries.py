@@ -8,6 +8,9 @@ discarded by a resume is history in ``rounds``, not in the totals or the plots.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +26,26 @@ from coordinator.store.models import (
 )
 from dashboard.schemas import (
     CheckpointPublic,
+    ClientDetailPublic,
     ClientPublic,
+    ClientRoundPublic,
     ClientsPublic,
+    ComparisonPublic,
     EvaluationPublic,
     EvaluationsPublic,
     EventPublic,
     RejectionPublic,
+    RoundDetailPublic,
     RoundPublic,
     RoundsPublic,
     RunDetailPublic,
     RunPublic,
     RunsPublic,
+    WorkerPublic,
 )
 
 CHECKPOINT_SUFFIX = ".safetensors"
+MAX_ROUND = 2**31 - 1  # rounds.number is a 32-bit INTEGER column
 NO_REASON = "(no reason recorded)"
 
 
@@ -46,6 +55,50 @@ class UnknownRun(LookupError):
 
 class UnknownCheckpoint(LookupError):
     """The round has no checkpoint, or its file is gone."""
+
+
+class UnknownClient(LookupError):
+    """The run has no update from this node (or no such round)."""
+
+
+SORT_KEYS = ("started_at", "name", "status", "rounds_done", "best_central_accuracy",
+             "num_clients")
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """The runs list's search, filters, order and page (every filter optional)."""
+
+    q: str = ""  # in the name, id, tags or notes
+    status: str = ""
+    task: str = ""
+    optimizer: str = ""
+    combiner: str = ""
+    since: date | None = None  # started on or after
+    until: date | None = None  # started on or before
+    sort: str = "started_at"
+    desc: bool = True
+    page: int = 1
+    per_page: int = 25
+
+    def __post_init__(self) -> None:
+        if self.sort not in SORT_KEYS:
+            raise ValueError(f"sort: {self.sort!r} is not one of {', '.join(SORT_KEYS)}")
+        if self.page < 1 or not 1 <= self.per_page <= 500:
+            raise ValueError("page must be >= 1 and per_page within 1..500")
+
+    def matches(self, run: RunPublic) -> bool:
+        text = " ".join([run.name, run.id, *run.tags, run.notes]).lower()
+        started = run.started_at.date()
+        return (
+            (not self.q or self.q.lower() in text)
+            and (not self.status or run.status == self.status)
+            and (not self.task or self.task.lower() in run.task.lower())
+            and (not self.optimizer or run.optimizer == self.optimizer)
+            and (not self.combiner or run.combiner == self.combiner)
+            and (self.since is None or started >= self.since)
+            and (self.until is None or started <= self.until)
+        )
 
 
 def checkpoint_url(run_id: str, number: int) -> str:
@@ -128,12 +181,50 @@ def _run_fields(run: RunRow) -> dict[str, Any]:
         "optimizer": run.optimizer, "combiner": run.combiner,
         "rounds_planned": run.num_rounds_planned,
         "started_at": run.started_at, "finished_at": run.finished_at,
+        "task": run_task(run.config), "tags": list(run.tags or []), "notes": run.notes or "",
     }
 
 
-def list_runs(s: Session) -> RunsPublic:
-    runs = _summaries(s)
-    return RunsPublic(data=runs, count=len(runs))
+def run_task(config: dict[str, Any]) -> str:
+    """What a run learns: its config's ``task``, else ``dataset``/``model``."""
+    if task := config.get("task"):
+        return str(task)
+    return "/".join(str(config[k]) for k in ("dataset", "model") if config.get(k)) or "–"
+
+
+def _workers(s: Session, run_ids: list[str]) -> dict[str, list[WorkerPublic]]:
+    """The nodes each of ``run_ids`` has merged updates from."""
+    if not run_ids:
+        return {}
+    u = ClientUpdateRow
+    out: dict[str, list[WorkerPublic]] = {}
+    for run_id, node_id, partition in s.execute(
+        select(u.run_id, u.node_id, func.max(u.partition_id))
+        .where(u.run_id.in_(run_ids))
+        .group_by(u.run_id, u.node_id)
+        .order_by(u.run_id, func.max(u.partition_id), u.node_id)
+    ).all():
+        out.setdefault(run_id, []).append(WorkerPublic(node_id=node_id, partition_id=partition))
+    return out
+
+
+def list_runs(s: Session, query: RunQuery | None = None) -> RunsPublic:
+    """The runs that match ``query``, sorted, one page of them; running runs with workers."""
+    query = query or RunQuery(per_page=500)
+    runs = [r for r in _summaries(s) if query.matches(r)]
+
+    def key(run: RunPublic) -> tuple[bool, Any]:
+        value = getattr(run, query.sort)
+        missing = value is None  # None last, whichever the order
+        return (missing != query.desc, value if not missing else 0)
+
+    runs.sort(key=key, reverse=query.desc)
+    pages = max(1, math.ceil(len(runs) / query.per_page))
+    page = min(query.page, pages)
+    shown = runs[(page - 1) * query.per_page : page * query.per_page]
+    workers = _workers(s, [r.id for r in shown if r.status == "running"])
+    data = [r.model_copy(update={"workers": workers.get(r.id, [])}) for r in shown]
+    return RunsPublic(data=data, count=len(data), total=len(runs), page=page, pages=pages)
 
 
 def run_detail(s: Session, run_id: str) -> RunDetailPublic:
@@ -234,6 +325,8 @@ def _servable(path: str | None) -> Path | None:
 def checkpoint_file(s: Session, run_id: str, number: int) -> Path:
     """The checkpoint of committed round ``number``, if its file is still there."""
     run = find_run(s, run_id)
+    if not 0 <= number <= MAX_ROUND:  # no such round; the driver could not even bind it
+        raise UnknownCheckpoint(f"run {run.id} has no round {number}")
     path = s.scalar(
         select(RoundRow.checkpoint_path).where(
             RoundRow.run_id == run.id, RoundRow.number == number, RoundRow.status == "committed"
@@ -242,3 +335,98 @@ def checkpoint_file(s: Session, run_id: str, number: int) -> Path:
     if (file := _servable(path)) is None:
         raise UnknownCheckpoint(f"run {run.id} has no checkpoint file for round {number}")
     return file
+
+
+def _client_round(u: ClientUpdateRow) -> ClientRoundPublic:
+    return ClientRoundPublic.model_validate(u)
+
+
+def _committed_updates(s: Session, run_id: str) -> Select[tuple[ClientUpdateRow]]:
+    u = ClientUpdateRow
+    return (
+        select(u)
+        .where(u.run_id == run_id, _committed(u.run_id, u.round_number))
+        .order_by(u.round_number, u.partition_id, u.node_id)
+    )
+
+
+def client_detail(s: Session, run_id: str, node_id: str) -> ClientDetailPublic:
+    """One node's update in every committed round: metrics, offset norm, verdict, reason."""
+    run = find_run(s, run_id)
+    rows = s.scalars(_committed_updates(s, run.id).where(ClientUpdateRow.node_id == node_id))
+    updates = [_client_round(u) for u in rows]
+    if not updates:
+        raise UnknownClient(f"run {run.id} has no committed update from node {node_id!r}")
+    partition = next((u.partition_id for u in updates if u.partition_id is not None), None)
+    return ClientDetailPublic(
+        node_id=node_id, partition_id=partition, label=updates[0].label, rounds=updates
+    )
+
+
+def round_detail(s: Session, run_id: str, number: int) -> RoundDetailPublic:
+    """A round: its timings, and which updates were merged or dropped and why."""
+    run = find_run(s, run_id)
+    if not 0 <= number <= MAX_ROUND:
+        raise UnknownClient(f"run {run.id} has no round {number}")
+    row = s.scalars(
+        select(RoundRow).where(RoundRow.run_id == run.id, RoundRow.number == number)
+    ).one_or_none()
+    if row is None:
+        raise UnknownClient(f"run {run.id} has no round {number}")
+    updates = (
+        [_client_round(u) for u in s.scalars(
+            _committed_updates(s, run.id).where(ClientUpdateRow.round_number == number))]
+        if row.status == "committed" else []
+    )
+    evals = [e for e in evaluations(s, run.id).data if e.round_number == number]
+    return RoundDetailPublic(
+        round=RoundPublic.model_validate(row), updates=updates, evaluations=evals
+    )
+
+
+def compare(s: Session, run_ids: list[str]) -> ComparisonPublic:
+    """Runs side by side: their details and which config keys differ between them."""
+    runs = [run_detail(s, rid) for rid in dict.fromkeys(run_ids)]
+    keys = sorted({k for r in runs for k in r.config})
+    missing = object()
+    differing = [
+        k for k in keys if len({repr(r.config.get(k, missing)) for r in runs}) > 1
+    ]
+    return ComparisonPublic(runs=runs, config_keys=keys, differing_keys=differing)
+
+
+METRIC_COLUMNS = ("round", "status", "started_at", "finished_at", "duration_s", "send_s",
+                  "wait_s", "merge_s", "evaluate_s", "num_clients", "num_accepted",
+                  "num_rejected")
+
+
+def metrics_table(s: Session, run_id: str) -> list[dict[str, Any]]:
+    """One row per committed round (and round 0): timings, round metrics, evaluations."""
+    run = find_run(s, run_id)
+    by_round: dict[int, dict[str, Any]] = {}
+    for r in rounds(s, run.id).data:
+        if r.status != "committed":
+            continue
+        row: dict[str, Any] = {
+            "round": r.number, "status": r.status, "started_at": _iso(r.started_at),
+            "finished_at": _iso(r.finished_at), "duration_s": r.duration_s,
+            "send_s": r.send_s, "wait_s": r.wait_s, "merge_s": r.merge_s,
+            "evaluate_s": r.evaluate_s, "num_clients": r.num_clients,
+            "num_accepted": r.num_accepted, "num_rejected": r.num_rejected,
+        }
+        row.update({k: v for k, v in (r.metrics or {}).items() if _scalar(v)})
+        by_round[r.number] = row
+    for e in evaluations(s, run.id).data:
+        row = by_round.setdefault(e.round_number, {"round": e.round_number})
+        row[f"{e.kind}-accuracy"] = e.accuracy
+        row[f"{e.kind}-loss"] = e.loss
+        row.update({f"{e.kind}-{k}": v for k, v in e.metrics.items() if _scalar(v)})
+    return [by_round[n] for n in sorted(by_round)]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None

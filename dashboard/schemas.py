@@ -5,11 +5,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+MAX_TAGS = 20
+
+
+def node_label(node_id: str, partition_id: int | None) -> str:
+    """A short name for a node: its partition, else the end of its 19-digit id."""
+    return f"p{partition_id}" if partition_id is not None else f"…{node_id[-6:]}"
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class WorkerPublic(_Out):
+    """A node whose updates a run used."""
+
+    node_id: str
+    partition_id: int | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        return node_label(self.node_id, self.partition_id)
 
 
 class RunPublic(_Out):
@@ -27,6 +46,10 @@ class RunPublic(_Out):
     best_central_accuracy: float | None
     started_at: datetime
     finished_at: datetime | None
+    task: str  # the run config's task (or dataset and model)
+    tags: list[str] = []
+    notes: str = ""
+    workers: list[WorkerPublic] = []  # running runs: the nodes whose updates it merged
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -36,7 +59,29 @@ class RunPublic(_Out):
 
 class RunsPublic(_Out):
     data: list[RunPublic]
-    count: int
+    count: int  # runs on this page
+    total: int  # runs that match the filter
+    page: int = 1
+    pages: int = 1
+
+
+class AnnotationsIn(BaseModel):
+    """What the dashboard may write: a run's tags and notes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    notes: str = Field(default="", max_length=10_000)
+
+    def clean_tags(self) -> list[str]:
+        """Stripped, non-empty, each once, in the order given; ValueError if one is too long."""
+        seen: dict[str, None] = {}
+        for tag in (t.strip() for t in self.tags):
+            if len(tag) > 40:
+                raise ValueError(f"tag {tag[:40]!r}… is longer than 40 characters")
+            if tag:
+                seen.setdefault(tag, None)
+        return list(seen)
 
 
 class EventPublic(_Out):
@@ -100,6 +145,12 @@ class ClientPublic(_Out):
 
     node_id: str
     partition_id: int | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        return node_label(self.node_id, self.partition_id)
+
     rounds_participated: int
     num_examples: int | None  # the most it reported in a round
     accepted: int
@@ -125,3 +176,41 @@ class EvaluationPublic(_Out):
 class EvaluationsPublic(_Out):
     data: list[EvaluationPublic]
     count: int
+
+
+class ClientRoundPublic(_Out):
+    """One node's update in one committed round."""
+
+    round_number: int
+    node_id: str
+    partition_id: int | None
+    accepted: bool
+    reason: str | None
+    offset_norm: float | None
+    num_examples: int | None
+    train_seconds: float | None
+    metrics: dict[str, Any]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        return node_label(self.node_id, self.partition_id)
+
+
+class ClientDetailPublic(_Out):
+    node_id: str
+    partition_id: int | None
+    label: str
+    rounds: list[ClientRoundPublic]
+
+
+class RoundDetailPublic(_Out):
+    round: RoundPublic
+    updates: list[ClientRoundPublic]
+    evaluations: list[EvaluationPublic]
+
+
+class ComparisonPublic(_Out):
+    runs: list[RunDetailPublic]
+    config_keys: list[str]  # every key of any run's config, sorted
+    differing_keys: list[str]  # keys whose values are not the same in every run

@@ -28,8 +28,14 @@ class DashboardStartError(RuntimeError):
 
 
 def _settings(db_url: str, host: str, port: int, token: str | None) -> DashboardSettings:
+    """Validated settings (DashboardConfigError names a bad one without echoing it)."""
     check_exposure(host, token)  # the named error, before pydantic wraps it
-    return DashboardSettings(db_url=db_url, host=host, port=port, token=token)
+    return DashboardSettings.checked(db_url=db_url, host=host, port=port, token=token)
+
+
+def _bound(settings: DashboardSettings, sock: socket.socket) -> DashboardSettings:
+    """The settings with the port really bound (port 0 asks the system for a free one)."""
+    return settings.model_copy(update={"port": sock.getsockname()[1]})
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -72,7 +78,7 @@ def serve(
     settings = _settings(db_url, host, port, token)
     sock = bind(host, port)
     try:
-        _server(settings).run(sockets=[sock])
+        _server(_bound(settings, sock)).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -82,11 +88,12 @@ def serve_in_thread(
 ) -> uvicorn.Server:
     """Start serving in a daemon thread; return once it accepts connections.
 
-    Stop it with ``server.should_exit = True``.
+    Stop it with ``server.should_exit = True``; ``server.config.port`` is the port served
+    (port 0 picks a free one).
     """
     settings = _settings(db_url, host, port, token)
     sock = bind(host, port)
-    server = _server(settings)
+    server = _server(_bound(settings, sock))
 
     def run() -> None:
         try:

@@ -6,10 +6,21 @@ import ipaddress
 import os
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "FEDMERGE_DASHBOARD_"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class DashboardConfigError(ValueError):
+    """A dashboard setting is invalid; the message names the setting, never its value."""
 
 
 class InsecureBind(ValueError):
@@ -44,6 +55,16 @@ class DashboardSettings(BaseModel):
     token: str | None = None  # None = no auth (loopback only)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Host headers answered (DNS rebinding guard); empty = the bind host (and loopback
+    # aliases) on its port. "name" allows any port, "name:port" one, "*" any host.
+    allowed_hosts: tuple[str, ...] = ()
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(h.strip() for h in value.split(",") if h.strip())
+        return value
 
     @field_validator("token")
     @classmethod
@@ -65,4 +86,17 @@ class DashboardSettings(BaseModel):
             if (raw := os.environ.get(f"{ENV_PREFIX}{name.upper()}")) is not None:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        return cls.checked(**values)
+
+    @classmethod
+    def checked(cls, **values: object) -> DashboardSettings:
+        """Validate ``values``; DashboardConfigError (one line, no values echoed) if bad."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise DashboardConfigError(f"invalid dashboard settings: {problems}") from None

@@ -97,6 +97,9 @@ class RunRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     flower_run_id: Mapped[str | None] = mapped_column(String(32))  # uint64 as text
     out_dir: Mapped[str] = mapped_column(Text)  # where this run's checkpoints live
+    # Added by revision 0003_i19_dash: the dashboard's annotations, its only writes.
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    notes: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
 
 
 class RoundRow(Base):

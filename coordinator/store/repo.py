@@ -141,6 +141,13 @@ def get_run(s: Session, run_id: str) -> RunRow | None:
     return matches[0] if matches else None
 
 
+def annotate_run(s: Session, run_id: str, *, tags: Sequence[str], notes: str) -> RunRow:
+    """Replace a run's tags and notes (the dashboard's annotations)."""
+    run = _run(s, run_id)
+    run.tags, run.notes = list(tags), notes
+    return run
+
+
 def list_runs(s: Session) -> Sequence[RunRow]:
     return s.scalars(select(RunRow).order_by(RunRow.started_at.desc())).all()
 

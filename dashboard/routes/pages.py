@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from dashboard import plots, queries
 from dashboard.deps import SessionDep, TemplatesDep
+from dashboard.routes.api import RunQueryDep
 from dashboard.schemas import EvaluationPublic, RoundPublic
 
 SVG = "image/svg+xml"
@@ -29,11 +32,62 @@ def _by_round(evals: list[EvaluationPublic]) -> dict[int, dict[str, EvaluationPu
 
 
 @router.get("/")
-def runs_page(request: Request, session: SessionDep, templates: TemplatesDep) -> Response:
+def runs_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, query: RunQueryDep
+) -> Response:
+    everything = queries.list_runs(session).data  # the filters' choices
     return templates.TemplateResponse(
         request=request,
         name="runs.html",
-        context={"runs": queries.list_runs(session).data},
+        context={
+            "listing": queries.list_runs(session, query),
+            "query": query,
+            "choices": {
+                field: sorted({getattr(r, field) for r in everything})
+                for field in ("status", "optimizer", "combiner")
+            },
+            "sort_keys": queries.SORT_KEYS,
+        },
+        headers=NO_STORE,
+    )
+
+
+@router.get("/compare")
+def compare_page(
+    request: Request, session: SessionDep, templates: TemplatesDep,
+    runs: Annotated[list[str], Query(max_length=12)] = [],  # noqa: B006 - FastAPI copies it
+) -> Response:
+    if len(runs) < 1:
+        raise HTTPException(404, "Select runs on the runs list to compare them.")
+    return templates.TemplateResponse(
+        request=request, name="compare.html",
+        context={"cmp": queries.compare(session, runs)}, headers=NO_STORE,
+    )
+
+
+@router.get("/runs/{run_id}/clients/{node_id}")
+def client_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: str, node_id: str
+) -> Response:
+    run = queries.run_detail(session, run_id)
+    client = queries.client_detail(session, run.id, node_id)
+    metric_keys = sorted({k for u in client.rounds for k, v in u.metrics.items()
+                          if isinstance(v, int | float) and not isinstance(v, bool)})
+    return templates.TemplateResponse(
+        request=request, name="client.html",
+        context={"run": run, "client": client, "metric_keys": metric_keys},
+        headers=NO_STORE,
+    )
+
+
+@router.get("/runs/{run_id}/rounds/{number:int}")
+def round_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: str, number: int
+) -> Response:
+    run = queries.run_detail(session, run_id)
+    return templates.TemplateResponse(
+        request=request, name="round.html",
+        context={"run": run, "detail": queries.round_detail(session, run.id, number)},
         headers=NO_STORE,
     )
 
@@ -53,7 +107,7 @@ def run_page(
             "rounds": rounds,
             "clients": queries.clients(session, run.id).data,
             "evals": _by_round(evals),
-            "plots": {name: _svg(name, evals, rounds) for name in plots.PLOT_NAMES},
+            "can_write": request.app.state.settings.token is not None,
         },
         headers=NO_STORE,
     )

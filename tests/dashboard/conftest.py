@@ -25,6 +25,9 @@ with warnings.catch_warnings():  # starlette's own deprecations (httpx2, anyio a
     from fastapi.testclient import TestClient
 
 TOKEN = "s3cret-dashboard-token"
+# The Host the default settings (127.0.0.1:8080) answer; TestClient's own "testserver"
+# is refused by the DNS-rebinding guard.
+BASE_URL = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
 @pytest.fixture(scope="session")
 def real_client(real_run: RealRun) -> Iterator[TestClient]:
     app = create_app(DashboardSettings(db_url=real_run.db_url))
-    with TestClient(app) as client:  # runs the lifespan: the app's own read-only engine
+    # runs the lifespan: the app's own read-only engine
+    with TestClient(app, base_url=BASE_URL) as client:
         yield client
 
 
@@ -96,7 +100,7 @@ def memory_app(memory_store: sessionmaker[Session]) -> AppFactory:
                 yield s
 
         app.dependency_overrides[get_session] = session
-        return TestClient(app)  # no lifespan: the override is the only store
+        return TestClient(app, base_url=BASE_URL)  # no lifespan: the override is the only store
 
     return make
 

@@ -55,17 +55,21 @@ def test_bearer_token(memory_app: AppFactory, run_id: str) -> None:
     assert bad.status_code == 401
 
 
-def test_query_token_sets_an_httponly_cookie_that_then_suffices(
+def test_query_token_redirects_without_it_and_sets_an_httponly_cookie(
     memory_app: AppFactory, run_id: str
 ) -> None:
     client = memory_app(token=TOKEN)
-    first = client.get(f"/runs/{run_id}", params={"token": TOKEN})
-    assert first.status_code == 200
+    first = client.get(f"/runs/{run_id}", params={"token": TOKEN, "tab": "x"},
+                       follow_redirects=False)
+    assert first.status_code == 303
+    assert first.headers["location"] == f"/runs/{run_id}?tab=x"  # the token is dropped
+    assert TOKEN not in first.text
     cookie = first.headers["set-cookie"]
     assert cookie.startswith(f"{COOKIE}={cookie_value(TOKEN)}")
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert TOKEN not in cookie  # the cookie holds a derived value, not the token
-    assert client.get("/api/runs").status_code == 200  # the cookie jar carries it now
+    assert client.get(f"/runs/{run_id}").status_code == 200  # the cookie jar carries it
+    assert client.get("/api/runs").status_code == 200
     client.cookies.clear()
     assert client.get("/api/runs").status_code == 401
 

@@ -21,6 +21,7 @@ from dashboard.app import create_app
 from dashboard.db import make_readonly_engine, readonly_url
 from dashboard.settings import DashboardSettings
 from tests.dashboard import factories
+from tests.dashboard.conftest import BASE_URL
 
 
 def test_readonly_url() -> None:
@@ -52,7 +53,7 @@ def test_the_app_reads_both_backends(db_url: str, tmp_path: Path) -> None:
         ckpt = factories.write_checkpoint(tmp_path, 2)
         factories.commit_round(s, run_id, factories.round_record(2, checkpoint=ckpt))
     writer.dispose()
-    with TestClient(create_app(DashboardSettings(db_url=db_url))) as client:
+    with TestClient(create_app(DashboardSettings(db_url=db_url)), base_url=BASE_URL) as client:
         run = client.get(f"/api/runs/{run_id[:6]}").json()
         assert (run["rounds_done"], run["num_clients"]) == (2, 3)
         assert run["best_central_accuracy"] == pytest.approx(0.7)

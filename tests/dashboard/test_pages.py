@@ -16,7 +16,7 @@ from coordinator.store.models import RoundRow
 from dashboard.app import create_app
 from dashboard.settings import DashboardSettings
 from tests.dashboard import factories
-from tests.dashboard.conftest import AppFactory, RealRun
+from tests.dashboard.conftest import BASE_URL, AppFactory, RealRun
 
 
 def _rows(html: str, table_id: str) -> int:
@@ -102,7 +102,9 @@ def test_missing_round_or_file_is_404(
 def test_empty_store(memory_app: AppFactory) -> None:
     client = memory_app()
     assert "No runs yet" in client.get("/").text
-    assert client.get("/api/runs").json() == {"data": [], "count": 0}
+    assert client.get("/api/runs").json() == {
+        "data": [], "count": 0, "total": 0, "page": 1, "pages": 1
+    }
 
 
 def test_running_run_with_rejections_and_an_aborted_round(
@@ -145,7 +147,7 @@ def test_an_unreadable_store_is_a_503_that_retries(tmp_path: Path) -> None:
     """A store file without fedmerge's tables yet (the coordinator is still migrating)."""
     sqlite3.connect(tmp_path / "empty.db").close()
     app = create_app(DashboardSettings(db_url=f"sqlite:///{tmp_path / 'empty.db'}"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE_URL) as client:
         page = client.get("/")
         assert page.status_code == 503 and page.headers["retry-after"]
         assert "no such table" in page.text and "Traceback" not in page.text

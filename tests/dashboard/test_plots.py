@@ -100,3 +100,20 @@ def test_svg_is_standalone_and_deterministic() -> None:
     ids = set(re.findall(r'<(?:path|clipPath) id="([^"]+)"', svg))
     loss_ids = set(re.findall(r'<(?:path|clipPath) id="([^"]+)"', plots.loss_svg(evals)))
     assert ids and not ids & loss_ids
+
+
+def _tick_labels(svg: str, axis: str) -> list[str]:
+    root = ET.fromstring(svg)
+    group = root.find(f".//{SVG_NS}g[@id='matplotlib.axis_{axis}']")
+    assert group is not None
+    return [t.text or "" for t in group.iter(f"{SVG_NS}text") if t.text]
+
+
+def test_a_starting_run_has_whole_rounds_and_no_negative_seconds() -> None:
+    lone = [_eval(0, "central", 0.1)]  # only the initial model so far
+    for svg in (plots.accuracy_svg(lone), plots.loss_svg(lone), plots.accuracy_svg([]),
+                plots.durations_svg([]), plots.durations_svg([_round(1)])):
+        rounds = [t for t in _tick_labels(svg, "1") if t != "round"]
+        assert rounds and all(re.fullmatch(r"\d+", t) for t in rounds), rounds
+    seconds = [t for t in _tick_labels(plots.durations_svg([]), "2") if t != "seconds"]
+    assert seconds and not any(t.startswith(("-", "−")) for t in seconds), seconds

@@ -25,7 +25,7 @@ from coordinator.store import (
 from coordinator.store.db import alembic_config
 from coordinator.store.models import Base
 
-FIRST, HEAD = "0001", "0002"
+FIRST, HEAD = "0001", "0003_i19_dash"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -80,7 +80,7 @@ def test_revisions_form_one_line_from_first_to_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [HEAD]
     chain = [rev.revision for rev in script.walk_revisions()]  # head first
-    assert chain == [HEAD, FIRST]
+    assert chain == [HEAD, "0002", FIRST]
     assert Path(script.dir).is_absolute() and (Path(script.dir) / "env.py").exists()
 
 
