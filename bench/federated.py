@@ -99,30 +99,37 @@ class Curve:
         return dict(self.__dict__)
 
 
-def _central(dataset: str, model_name: str) -> Callable[[dict[str, torch.Tensor]], tuple]:
-    from client.datasets import central_test_set
-    from client.models import build_model
-    from client.trainer import evaluate, load_params
+def _central(task: str, task_config: str, seed: int) -> Callable[[dict[str, torch.Tensor]], tuple]:
+    from client.tasks.registry import load_task
+    from client.tasks.runtime import central_evaluation
 
-    x, y = central_test_set(dataset)
-    model = build_model(model_name)
+    evaluate = central_evaluation(load_task(task, task_config), seed)
 
     def central(params: dict[str, torch.Tensor]) -> tuple[float, float]:
-        return evaluate(load_params(model, params), x, y, torch.device("cpu"))
+        loss, acc, _, _ = evaluate(params)
+        return loss, acc
 
     return central
 
 
+def _initial(cfg) -> dict[str, torch.Tensor]:
+    """The run's initial theta: the task's travelling tensors under the run's seed."""
+    from client.tasks.registry import load_task
+    from client.tasks.runtime import build_model, shared_params
+
+    task = load_task(cfg.task, cfg.task_config)
+    return shared_params(task, build_model(task, cfg.seed))
+
+
 def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
               central) -> Curve:
-    from client.models import build_model
     from coordinator.config import parse_run_config
     from coordinator.federation import run_federation
 
     cfg = parse_run_config({**base, **c.overrides, "out-dir": work, "db": "",
                             "run-name": c.label})
     curve = Curve(c.label)
-    init = build_model(cfg.model, seed=cfg.seed).state_dict()
+    init = _initial(cfg)
     loss0, acc0 = central(init)
     curve.acc.append(acc0)
     curve.loss.append(loss0)
@@ -147,7 +154,6 @@ def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
 
 def _run_flower(grid: Grid, base: Mapping[str, Any], c: Contender, num_nodes: int,
                 central) -> Curve:
-    from client.models import build_model
     from coordinator.config import parse_run_config
     from coordinator.federation import client_config
 
@@ -155,7 +161,7 @@ def _run_flower(grid: Grid, base: Mapping[str, Any], c: Contender, num_nodes: in
     strategy = c.flower(num_nodes)
     train_config = ConfigRecord({**dict(client_config(cfg)), BENCH_REPLY_KEY: "model",
                                  **c.train_extra})
-    init = ArrayRecord(build_model(cfg.model, seed=cfg.seed).state_dict())
+    init = ArrayRecord(_initial(cfg))
     curve = Curve(c.label)
     stamps: list[float] = []
 
@@ -205,7 +211,10 @@ def run_contenders(
         quiet()
         # each strategy warns that fraction_evaluate = 0 skips federated evaluation
         logging.getLogger("flwr").setLevel(logging.ERROR)
-        central = _central(base["dataset"], base.get("model", "mlp"))
+        from coordinator.config import parse_run_config
+
+        cfg = parse_run_config(dict(base))
+        central = _central(cfg.task, cfg.task_config, cfg.seed)
         for c in contenders:
             t0 = time.perf_counter()
             try:

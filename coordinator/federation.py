@@ -17,10 +17,9 @@ from flwr.serverapp import Grid
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation import OptimizerState, ServerState, make_combiner, make_optimizer
-from client.datasets import central_test_set
-from client.models import build_model
 from client.task import ClientTask
-from client.trainer import evaluate, load_params
+from client.tasks.registry import load_task
+from client.tasks.runtime import build_model, central_evaluation, shared_params
 from coordinator.checkpoints import CheckpointError, load_checkpoint
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.grid import StreamingGrid
@@ -82,12 +81,10 @@ def _federate(
     else:
         run_id, state = _start(sessions, cfg, flower_run_id)
 
-    x_test, y_test = central_test_set(cfg.dataset)
-    model = build_model(cfg.model)
+    central = central_evaluation(load_task(cfg.task, cfg.task_config), cfg.seed)
 
-    def central_eval(s: ServerState) -> tuple[float, float, int]:
-        loss, acc = evaluate(load_params(model, s.params), x_test, y_test, torch.device("cpu"))
-        return loss, acc, len(y_test)
+    def central_eval(s: ServerState):
+        return central(s.params)  # the task's metrics on its held-out split
 
     streaming = grid if isinstance(grid, StreamingGrid) else StreamingGrid(grid)
     ledger = RoundLedger(
@@ -123,7 +120,7 @@ def _federate(
     final = strategy.state
     acc = ledger.central_accuracy  # the last round's, already measured
     if acc is None:  # nothing left to run: a resumed run that had finished
-        _, acc, _ = central_eval(final)
+        _, acc, _, _ = central_eval(final)
     return FederationResult(run_id, db_url, final.round, acc, final.params)
 
 
@@ -161,8 +158,8 @@ def _optimizer(cfg: MergeConfig):
 
 
 def _initial_state(cfg: MergeConfig) -> ServerState:
-    model = build_model(cfg.model, seed=cfg.seed)
-    params = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    task = load_task(cfg.task, cfg.task_config)
+    params = shared_params(task, build_model(task, cfg.seed))  # the tensors that travel
     return ServerState(params, _optimizer(cfg).init(params), 0)
 
 

@@ -27,8 +27,9 @@ from coordinator.grid import StreamingGrid
 from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, repo
 from coordinator.strategy import MergeReport, RoundObserver, examples_weighted
 
-CentralEval = Callable[[ServerState], tuple[float, float, int]]
-"""theta -> (loss, accuracy, examples) on the coordinator's held-out split."""
+CentralEval = Callable[[ServerState], tuple[float | None, float | None, int, dict]]
+"""theta -> (loss, accuracy, examples, the task's metrics and headline) on the
+coordinator's held-out split (client/tasks/runtime.py central_evaluation)."""
 
 
 @dataclass
@@ -85,18 +86,18 @@ class RoundLedger(RoundObserver):
         if server_round == 0 or self._open is None:
             # The model before this coordinator's first round. The initial model is
             # recorded as round 0; a resumed one was recorded when its round committed.
-            loss, acc, n = self.central_eval(self.state)
+            loss, acc, n, metrics = self.central_eval(self.state)
             self.central_accuracy = acc
             if self.state.round == 0:
-                initial = EvaluationRecord("central", loss, acc, n)
+                initial = EvaluationRecord("central", loss, acc, n, metrics)
                 with self.sessions.begin() as s:
                     repo.add_evaluation(s, self.run_id, 0, initial)
-            return MetricRecord({"central-loss": loss, "central-acc": acc})
+            return _central_record(loss, acc)
         r = self._open
         assert r.report is not None, f"round {r.number} ended before its merge"
-        loss, acc, n = self.central_eval(self.state)
+        loss, acc, n, metrics = self.central_eval(self.state)
         self.central_accuracy = acc
-        r.evaluations.append(EvaluationRecord("central", loss, acc, n))
+        r.evaluations.append(EvaluationRecord("central", loss, acc, n, metrics))
         path, digest = save_checkpoint(
             self.checkpoint_dir,
             round_number=r.number,
@@ -131,19 +132,25 @@ class RoundLedger(RoundObserver):
         self.grid.timings.clear()
         self._open = None
         log(
-            INFO, "round %s: %s/%s clients merged, train loss %.4f, central acc %.4f, %.2f s",
+            INFO, "round %s: %s/%s clients merged, train loss %.4f, central %s %.4f, %.2f s",
             r.number, r.report.accepted, len(r.report.clients),
-            r.report.train_metrics.get("train-loss", float("nan")), acc,
+            r.report.train_metrics.get("train-loss", float("nan")), metrics.get("headline"),
+            metrics.get(metrics.get("headline"), float("nan")),
             (record.finished_at - record.started_at).total_seconds(),
         )
         if self.on_commit is not None:
             self.on_commit(record)
-        return MetricRecord({"central-loss": loss, "central-acc": acc})
+        return _central_record(loss, acc)
 
     def _current(self, number: int) -> _OpenRound:
         if self._open is None or self._open.number != number:
             raise RuntimeError(f"round {number} reported but round {self._open} is open")
         return self._open
+
+
+def _central_record(loss: float | None, acc: float | None) -> MetricRecord:
+    pairs = (("central-loss", loss), ("central-acc", acc))
+    return MetricRecord({k: v for k, v in pairs if v is not None})
 
 
 def _update_record(o) -> UpdateRecord:  # o: ClientOutcome
