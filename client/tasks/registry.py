@@ -41,6 +41,8 @@ def resolve(spec: str) -> type[Task]:
     if not (isinstance(obj, type) and issubclass(obj, Task)):
         raise TaskError(f"task {spec!r}: {ref} is a {type(obj).__name__}, not a subclass of "
                         "client.tasks.Task")
+    if obj.build_model is Task.build_model:
+        raise TaskError(f"task {spec!r}: {ref} does not define build_model")
     if not (isinstance(obj.Settings, type) and issubclass(obj.Settings, BaseModel)):
         raise TaskError(f"task {spec!r}: Settings must be a pydantic BaseModel subclass")
     if obj.kind not in ("classification", "regression"):

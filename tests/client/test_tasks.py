@@ -29,6 +29,10 @@ class Plain:  # not a Task
     pass
 
 
+class NoModel(Task):  # a Task that forgot build_model
+    pass
+
+
 class Regression(Task):
     kind = "regression"
     headline = "loss"
@@ -46,6 +50,7 @@ class Regression(Task):
         ("tests.client.test_tasks:Plain", "is a type, not a subclass of client.tasks.Task"),
         ("client.tasks.digits:DigitsSettings", "not a subclass"),
         ("digits-v2", "neither a built-in"),
+        ("tests.client.test_tasks:NoModel", "does not define build_model"),
     ],
 )
 def test_a_task_that_does_not_resolve_fails_at_start_naming_it(task: str, fragment: str) -> None:
