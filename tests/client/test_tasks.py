@@ -255,3 +255,18 @@ def test_the_client_app_trains_the_runs_task(task: str, config: str, tensors: se
     assert any(offset[k].abs().max() > 0 for k in offset)
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] > 0 and 0.0 <= metrics["shared-acc"] <= 1.0
+
+
+def test_a_worker_refuses_at_start_a_csv_that_does_not_fit_the_task(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    _write(tmp_path / "data", HEADER.replace("segment", "tier"), [f"{ROW},gold"] * 4)
+    result = CliRunner().invoke(app, [
+        "worker", "--coordinator", "127.0.0.1:9", "--insecure", "--work-dir",
+        str(tmp_path / "w"), "--data", str(tmp_path / "data"), "--task", TABULAR,
+    ])
+    assert result.exit_code == 2, result.output
+    assert f"task {TABULAR}" in result.output and "no column(s) ['segment']" in result.output
+    assert not (tmp_path / "w" / "logs").exists()  # no SuperNode was started
