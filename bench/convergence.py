@@ -71,7 +71,7 @@ FLOWER_ANCHORS = {
 def base_config(rounds: int, clients: int, seed: int, split: str) -> dict[str, Any]:
     return {
         "num-server-rounds": rounds, "num-clients": clients, "min-nodes": clients,
-        "fraction-train": 1.0, "fraction-evaluate": 0.0, "dataset": "digits", "model": "mlp",
+        "fraction-train": 1.0, "fraction-evaluate": 0.0, "task": "digits",
         "local-epochs": 2, "local-lr": 0.05, "batch-size": 32, "seed": seed, "device": "cpu",
         **SPLITS[split],
     }

@@ -101,15 +101,14 @@ class Curve:
 
 def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
               central) -> Curve:
-    from client.models import build_model
     from coordinator.config import parse_run_config
     from coordinator.federation import run_federation
+    from coordinator.runs import initial_state
 
     cfg = parse_run_config({**base, **c.overrides, "out-dir": work, "db": "",
                             "run-name": c.label})
     curve = Curve(c.label)
-    init = build_model(cfg.model, seed=cfg.seed).state_dict()
-    initial = central(init)
+    initial = central(initial_state(cfg).params)
     curve.acc.append(initial.accuracy)
     curve.loss.append(initial.loss)
 
@@ -133,15 +132,15 @@ def _run_ours(grid: Grid, base: Mapping[str, Any], c: Contender, work: str,
 
 def _run_flower(grid: Grid, base: Mapping[str, Any], c: Contender, num_nodes: int,
                 central) -> Curve:
-    from client.models import build_model
     from coordinator.config import parse_run_config
     from coordinator.federation import client_config
+    from coordinator.runs import initial_state
 
     cfg = parse_run_config(dict(base))
     strategy = c.flower(num_nodes)
     train_config = ConfigRecord({**dict(client_config(cfg)), BENCH_REPLY_KEY: "model",
                                  **c.train_extra})
-    init = ArrayRecord(build_model(cfg.model, seed=cfg.seed).state_dict())
+    init = ArrayRecord(initial_state(cfg).params)
     curve = Curve(c.label)
     stamps: list[float] = []
 
@@ -191,9 +190,11 @@ def run_contenders(
         quiet()
         # each strategy warns that fraction_evaluate = 0 skips federated evaluation
         logging.getLogger("flwr").setLevel(logging.ERROR)
+        from coordinator.config import parse_run_config
         from coordinator.evaluation import CentralEvaluation
 
-        central = CentralEvaluation(base["dataset"], base.get("model", "mlp"))
+        cfg = parse_run_config(dict(base))
+        central = CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed)
         for c in contenders:
             t0 = time.perf_counter()
             try:

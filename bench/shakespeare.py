@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     hp = parse_hparams(args.hparams, DEFAULT_HPARAMS) if args.hparams else DEFAULT_HPARAMS
     base = {
         "num-server-rounds": rounds, "num-clients": n, "min-nodes": per_round,
-        "fraction-train": fraction, "fraction-evaluate": 0.0, "dataset": "shakespeare",
-        "model": "gru", "local-epochs": args.local_epochs, "local-lr": args.local_lr,
+        "fraction-train": fraction, "fraction-evaluate": 0.0, "task": "shakespeare",
+        "local-epochs": args.local_epochs, "local-lr": args.local_lr,
         "batch-size": 32, "seed": args.seed, "device": "cpu",
     }
     machine = machine_line()

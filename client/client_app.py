@@ -1,9 +1,11 @@
 """The Flower ClientApp: receive theta, train the offset theta_i, reply with it.
 
-Which data a node holds comes from its node config (``partition-id`` and
-``num-partitions``, injected by the simulation engine or given to a SuperNode with
---node-config); what to do comes from the round's ConfigRecord (``ClientTask``).
-In ``personal`` mode the offset lives in ``context.state`` between rounds.
+What to do comes from the round's ConfigRecord (``ClientTask``): among it the run's task
+(client/tasks/), which builds the model and says which tensors travel, reads this node's
+data from its node config (``partition-id``/``num-partitions``, injected by the
+simulation engine or given to a SuperNode with --node-config, or ``data-dir``), and
+measures the metrics. In ``personal`` mode the offset lives in ``context.state``
+between rounds.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import metrics as m
-from client.datasets import load_client_data
-from client.models import build_model
+from client.datasets import run_partition
 from client.task import (
     FISHER_KEY,
     MANIFEST_KEY,
@@ -24,21 +25,24 @@ from client.task import (
     OFFSET_KEY,
     ClientTask,
 )
-from client.trainer import diagonal_fisher, evaluate, load_params, pick_device, train_offset
+from client.tasks.api import Arrays, Task, TaskError
+from client.tasks.registry import load_task
+from client.tasks.runtime import build_model, check_theta, load_params, metric_keys, node_data
+from client.trainer import diagonal_fisher, fit_offset, pick_device
 
 OFFSET_STATE_KEY = "personal-offset"
 
 app = ClientApp()
 
 
-def _trainable(context: Context, model: torch.nn.Module) -> list[str] | None:
+def _trainable(context: Context, theta: dict[str, torch.Tensor]) -> list[str] | None:
     """Node config ``train-tensors``: comma-separated tensor names or name prefixes
     ("fc2" is fc2.weight and fc2.bias). This worker trains and sends only those."""
     spec = str(context.node_config.get("train-tensors", "")).strip()
     if not spec:
         return None
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
-    names = [n for n, _ in model.named_parameters()]
+    names = list(theta)
     chosen = [n for n in names if any(n == w or n.startswith(w + ".") for w in wanted)]
     unmatched = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n in names)]
     if unmatched or not chosen:
@@ -52,32 +56,54 @@ def _stored_offset(context: Context) -> dict[str, torch.Tensor] | None:
     return context.state[OFFSET_STATE_KEY].to_torch_state_dict()
 
 
+def _measure(task: Task, model: torch.nn.Module, split, device: torch.device,
+             prefix: str) -> dict[str, float]:
+    """The task's metrics as reply metrics: ``<prefix>-<name>``, plus the short names the
+    coordinator aggregates (``<prefix>-acc`` for accuracy)."""
+    metrics = task.evaluate(model, split, device)
+    metric_keys(task, metrics)
+    out = {f"{prefix}-{k}": float(v) for k, v in metrics.items()}
+    if "accuracy" in metrics:
+        out[f"{prefix}-acc"] = float(metrics["accuracy"])
+    return out
+
+
+def _setup(msg: Message, context: Context):
+    run = ClientTask.from_config(msg.content["config"])
+    task = load_task(run.task, run.task_config)
+    pid, data = node_data(task, context.node_config, run_partition(run))
+    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
+    model = build_model(task, run.seed)
+    check_theta(task, model, theta)
+    return run, task, pid, data, theta, model
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    task = ClientTask.from_config(msg.content["config"])
+    run, task, pid, data, theta, model = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
-    pid, data = load_client_data(task, context.node_config)
-    device = pick_device(task.device)
-    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
-    model = build_model(task.model)
-    personal = task.mode == "personal"
-    trainable = _trainable(context, model)
+    device = pick_device(run.device)
+    model = task.place(model, device)
+    personal = run.mode == "personal"
+    trainable = _trainable(context, theta)
 
     metrics: dict[str, float | int] = {}
-    _, metrics[m.SHARED_ACC] = evaluate(load_params(model, theta), data.x_val, data.y_val, device)
-    result = train_offset(
-        model, theta, data.x_train, data.y_train,
-        epochs=task.local_epochs, lr=task.local_lr, batch_size=task.batch_size,
-        proximal=task.proximal_coefficient, device=device,
-        seed=int(np.random.SeedSequence([task.seed, pid, server_round]).generate_state(1)[0]),
+    shared = _measure(task, load_params(model, theta), data.val, device, "shared")
+    metrics.update({k: v for k, v in shared.items() if k in (m.SHARED_ACC, "shared-loss")})
+    result = fit_offset(
+        task, model, theta, data.train,
+        epochs=run.local_epochs, lr=run.local_lr, batch_size=run.batch_size,
+        proximal=run.proximal_coefficient, device=device,
+        seed=int(np.random.SeedSequence([run.seed, pid, server_round]).generate_state(1)[0]),
         warm_offset=_stored_offset(context) if personal else None,
         trainable=trainable,
     )
     if personal:
         context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
-        _, metrics[m.PERSONAL_ACC] = evaluate(model, data.x_val, data.y_val, device)
+        own = _measure(task, model, data.val, device, "personal")
+        metrics.update({k: v for k, v in own.items() if k in (m.PERSONAL_ACC, m.PERSONAL_LOSS)})
     metrics.update({
-        NUM_EXAMPLES: len(data.y_train),
+        NUM_EXAMPLES: len(data.train),
         m.TRAIN_LOSS: result.loss,
         m.TRAIN_SECONDS: result.seconds,
         m.PARTITION_ID: pid,
@@ -88,9 +114,13 @@ def train(msg: Message, context: Context) -> Message:
     )
     if trainable is not None:
         content[MANIFEST_KEY] = ConfigRecord({"tensors": trainable})
-    if task.combiner == "fisher":
+    if run.combiner == "fisher":
+        if not isinstance(data.train, Arrays):
+            raise TaskError(f"task {task.ref}: combiner fisher needs a task whose data are "
+                            "Arrays (x, y)")
         fisher = diagonal_fisher(
-            model, data.x_train, data.y_train, device, names=trainable, seed=task.seed
+            model, data.train.x, data.train.y, device, names=trainable or list(theta),
+            seed=run.seed, task=task,
         )
         content[FISHER_KEY] = ArrayRecord(fisher)
     return Message(content=content, reply_to=msg)
@@ -99,19 +129,16 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_shared(msg: Message, context: Context) -> Message:
     """Local validation metrics of theta, and in personal mode of theta + theta_i."""
-    task = ClientTask.from_config(msg.content["config"])
-    pid, data = load_client_data(task, context.node_config)
-    device = pick_device(task.device)
-    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
-    model = load_params(build_model(task.model), theta)
-    loss, acc = evaluate(model, data.x_val, data.y_val, device)
+    run, task, pid, data, theta, model = _setup(msg, context)
+    device = pick_device(run.device)
+    model = load_params(task.place(model, device), theta)
     metrics: dict[str, float | int] = {
-        m.EVAL_LOSS: loss, m.EVAL_ACC: acc, NUM_EXAMPLES: len(data.y_val), m.PARTITION_ID: pid,
+        **_measure(task, model, data.val, device, "eval"),
+        NUM_EXAMPLES: len(data.val), m.PARTITION_ID: pid,
     }
     offset = _stored_offset(context)
-    if task.mode == "personal" and offset is not None:
+    if run.mode == "personal" and offset is not None:
         model = load_params(model, theta, offset)
-        metrics[m.PERSONAL_LOSS], metrics[m.PERSONAL_ACC] = evaluate(
-            model, data.x_val, data.y_val, device
-        )
+        own = _measure(task, model, data.val, device, "personal")
+        metrics.update({k: v for k, v in own.items() if k in (m.PERSONAL_ACC, m.PERSONAL_LOSS)})
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

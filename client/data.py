@@ -14,6 +14,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from client.tasks.api import Arrays, PartitionRequest
+
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the held-out test set is the same for every run and every seed
 
@@ -34,6 +36,14 @@ class ClientData:
     x_val: np.ndarray
     y_val: np.ndarray
 
+    @property
+    def train(self) -> Arrays:  # the task API's view (client/tasks/api.py): no copy
+        return Arrays(self.x_train, self.y_train)
+
+    @property
+    def val(self) -> Arrays:
+        return Arrays(self.x_val, self.y_val)
+
 
 @lru_cache(maxsize=1)
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -49,6 +59,13 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=8)
 def _partition_indices(spec: PartitionSpec) -> tuple[np.ndarray, ...]:
+    _, y, _, _ = digits_split()
+    return split_by_label(y, spec)
+
+
+def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray, ...]:
+    """The row indices of each of ``spec.num_partitions`` partitions of a data set with
+    these ``labels``, by the scheme ``spec`` names (flwr-datasets' partitioners)."""
     from datasets import Dataset  # heavy imports, only where partitions are made
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -56,7 +73,7 @@ def _partition_indices(spec: PartitionSpec) -> tuple[np.ndarray, ...]:
         PathologicalPartitioner,
     )
 
-    _, y, _, _ = digits_split()
+    y = np.asarray(labels)
     n = spec.num_partitions
     if spec.scheme == "iid":
         partitioner = IidPartitioner(num_partitions=n)
@@ -75,6 +92,14 @@ def _partition_indices(spec: PartitionSpec) -> tuple[np.ndarray, ...]:
         raise ValueError(f"unknown partition scheme {spec.scheme!r}")
     partitioner.dataset = Dataset.from_dict({"index": np.arange(len(y)), "label": y})
     return tuple(np.asarray(partitioner.load_partition(i)["index"]) for i in range(n))
+
+
+def partition_rows(labels: np.ndarray, request: PartitionRequest) -> np.ndarray:
+    """A task's helper: the row indices of ``request``'s partition of a data set with
+    these ``labels``, by the run's scheme (iid, dirichlet, pathological)."""
+    spec = PartitionSpec(request.scheme, request.num_partitions, seed=request.seed,
+                         alpha=request.alpha, classes_per_client=request.classes_per_client)
+    return split_by_label(labels, spec)[request.partition_id]
 
 
 def load_partition(spec: PartitionSpec, partition_id: int) -> ClientData:

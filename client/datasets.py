@@ -1,60 +1,34 @@
-"""Which data a node trains on: one loader per dataset name, plus a worker's own data.
-
-A loader takes the round's ``ClientTask`` and the node's config and returns
-(partition id, ClientData). ``central_test_set`` is the coordinator's held-out split.
-"""
+"""Which data a node trains on, through its run's task (client/tasks/): a worker's own
+``data-dir``, else its partition of the data set the task knows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from client import shakespeare
-from client.data import (
-    ClientData,
-    PartitionSpec,
-    digits_split,
-    load_partition,
-    partition_of,
-)
-from client.local_data import DATA_DIR_KEY, load_local_data
 from client.task import ClientTask
+from client.tasks.api import Arrays, NodeData
+from client.tasks.registry import load_task
+from client.tasks.runtime import RunPartition, node_data
+from client.tasks.runtime import partition_of as partition_of
 
 NodeConfig = Mapping[str, Any]
-Loader = Callable[[ClientTask, NodeConfig], tuple[int, ClientData]]
 
 
-def _digits(task: ClientTask, node_config: NodeConfig) -> tuple[int, ClientData]:
-    pid, num = partition_of(node_config)
-    spec = PartitionSpec(
-        task.partition, num, seed=task.seed, alpha=task.dirichlet_alpha,
-        classes_per_client=task.classes_per_client,
-    )
-    return pid, load_partition(spec, pid)
+def run_partition(task: ClientTask) -> RunPartition:
+    return RunPartition(task.partition, task.dirichlet_alpha, task.classes_per_client, task.seed)
 
 
-LOADERS: dict[str, Loader] = {
-    "digits": _digits,
-    "shakespeare": shakespeare.load_client,
-}
-TEST_SETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
-    "digits": lambda: digits_split()[2:],
-    "shakespeare": shakespeare.central_test_set,
-}
+def load_client_data(task: ClientTask, node_config: NodeConfig) -> tuple[int, NodeData]:
+    """(partition id, data) of this node for the round's task."""
+    return node_data(load_task(task.task, task.task_config), node_config, run_partition(task))
 
 
-def load_client_data(task: ClientTask, node_config: NodeConfig) -> tuple[int, ClientData]:
-    if DATA_DIR_KEY in node_config:  # a worker with its own data (client/local_data.py)
-        return load_local_data(task, node_config)
-    if task.dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {task.dataset!r}; known: {sorted(LOADERS)}")
-    return LOADERS[task.dataset](task, node_config)
-
-
-def central_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) the coordinator evaluates theta on."""
-    if dataset not in TEST_SETS:
-        raise ValueError(f"no held-out test set for dataset {dataset!r}")
-    return TEST_SETS[dataset]()
+def central_test_set(task: str = "digits", task_config: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of an array task's held-out split (the coordinator's central evaluation)."""
+    split = load_task(task, task_config).central_data()
+    if not isinstance(split, Arrays):
+        raise ValueError(f"task {task!r} has no held-out split of arrays")
+    return split.x, split.y

@@ -1,6 +1,8 @@
-"""A worker's own data, read from the directory its node config names (``data-dir``).
+"""A worker's own data, read from the directory its node config names (``data-dir``), for
+a task whose data are feature arrays (the built-in ``digits`` task reads it with its
+``DIGITS_FORMAT``; another task passes its own ``DataSpec`` to ``read_arrays_dir``).
 
-On-disk format (for the run's dataset, ``digits``: the MLP/CNN take 8x8 images):
+On-disk format (``digits``: the MLP/CNN take 8x8 images):
 
     <data-dir>/train.npz   x: float (n, 64), values in [0, 1]   y: integer (n,), 0..9
     <data-dir>/val.npz     optional, same arrays; without it the last 20% of a seeded
@@ -18,8 +20,6 @@ node config when given, else a stable number derived from the host name and the 
 
 from __future__ import annotations
 
-import hashlib
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,13 +30,15 @@ import numpy as np
 
 from client.data import ClientData
 from client.task import ClientTask
+from client.tasks.api import DataError
+from client.tasks.registry import load_task
+from client.tasks.runtime import DATA_DIR_KEY, RunPartition, node_data
+from client.tasks.runtime import data_dir_partition_id as data_dir_partition_id
 
-DATA_DIR_KEY = "data-dir"
 VAL_FRACTION = 0.2
 
 
-class LocalDataError(ValueError):
-    """The worker's data does not fit the run's model; the message names file and field."""
+LocalDataError = DataError  # the worker's data does not fit the model: names file and field
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class DataSpec:
     high: float = 1.0
 
 
-SPECS: dict[str, DataSpec] = {"digits": DataSpec(features=64, num_classes=10)}
+DIGITS_FORMAT = DataSpec(features=64, num_classes=10)
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -139,29 +141,21 @@ def _stamp(directory: Path) -> tuple:
     return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
-def data_dir_partition_id(directory: Path) -> int:
-    """A stable id under 2**28 for a worker that names no partition-id."""
-    digest = hashlib.sha256(f"{socket.gethostname()}:{directory}".encode()).hexdigest()
-    return int(digest[:7], 16)
+def read_arrays_dir(directory: Path, spec: DataSpec, seed: int) -> ClientData:
+    """A task's ``read_data_dir`` for the format above (cached until a file changes)."""
+    return _load(directory, spec, seed, _stamp(directory))
 
 
 def load_local_data(task: ClientTask, node_config: Mapping[str, Any]) -> tuple[int, ClientData]:
-    """The loader for a node whose config has ``data-dir`` (client/datasets.py)."""
-    directory = Path(str(node_config[DATA_DIR_KEY])).expanduser().resolve()
-    if not directory.is_dir():
-        raise LocalDataError(f"data-dir {directory} is not a directory")
-    spec = SPECS.get(task.dataset)
-    if spec is None:
-        raise LocalDataError(f"no on-disk format for dataset {task.dataset!r}; known: "
-                             f"{sorted(SPECS)}")
-    data = _load(directory, spec, task.seed, _stamp(directory))
-    pid = node_config.get("partition-id")
-    return (int(pid) if pid is not None else data_dir_partition_id(directory)), data
+    """(partition id, data) of a node whose config has ``data-dir``, read by the run's task."""
+    return node_data(load_task(task.task, task.task_config), node_config,
+                     RunPartition(seed=task.seed))
 
 
-def check_data_dir(directory: Path, dataset: str = "digits") -> ClientData:
-    """What a worker checks at start: the data loads and fits ``dataset``'s model."""
-    _, data = load_local_data(ClientTask(dataset=dataset), {DATA_DIR_KEY: str(directory)})
+def check_data_dir(directory: Path, task: str = "digits", task_config: str = "") -> ClientData:
+    """What a worker checks at start: its data loads and fits ``task``'s model."""
+    _, data = load_local_data(ClientTask(task=task, task_config=task_config),
+                              {DATA_DIR_KEY: str(directory)})
     return data
 
 

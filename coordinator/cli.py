@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -61,7 +62,8 @@ def demo(
     overrides = {
         "num-clients": clients, "num-server-rounds": rounds, "mode": mode,
         "optimizer": optimizer, "server-lr": server_lr, "combiner": combiner,
-        "partition": partition, "dirichlet-alpha": alpha, "model": model, "seed": seed,
+        "partition": partition, "dirichlet-alpha": alpha, "seed": seed,
+        **({"task-config": json.dumps({"model": model})} if model != "mlp" else {}),
         "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
     }
     overrides.update(_pairs(set_ or []))
@@ -218,6 +220,10 @@ def worker(
     poll_interval: Annotated[float, typer.Option(
         help="Seconds the SuperNode waits between asks for work (Flower's own: 3); each ask "
              "is one small call to the coordinator.")] = DEFAULT_POLL_S,
+    task: Annotated[str, typer.Option(
+        help="The task whose format --data is checked against at start (docs/tasks.md).")
+    ] = "digits",
+    task_config: Annotated[str, typer.Option(help="That task's settings (JSON).")] = "",
 ) -> None:
     """Run a worker: a Flower SuperNode that trains on its data, on its GPU if it has one."""
     from coordinator.deploy.procs import ServiceError
@@ -237,10 +243,11 @@ def worker(
         train_tensors=train_tensors, root_cert=root_cert, auth_key=auth_key, insecure=insecure,
         isolation=isolation,  # type: ignore[arg-type]
         extra_node_config=tuple(node_config or []), poll_interval=poll_interval,
+        task=task, task_config=task_config,
     )
     try:
         code = run_worker(opts, echo=lambda m: typer.echo(m, err=True))
-    except (ServiceError, ValueError) as exc:  # LocalDataError is a ValueError
+    except (ServiceError, ValueError) as exc:  # a TaskError (bad task or data) is a ValueError
         typer.echo(f"error: {exc}", err=True)
         code = 2
     raise typer.Exit(code)

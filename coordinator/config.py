@@ -4,11 +4,27 @@ an unknown key or an out-of-range value fails at start with a message naming the
 
 from __future__ import annotations
 
+import json
+import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from client.tasks.api import TaskError
+
+# Run-config keys of older versions, still read (with a warning): the built-in task's name
+# and its model are now `task` and `task-config`.
+DEPRECATED_KEYS = ("model", "dataset")
 
 
 class ConfigError(ValueError):
@@ -45,9 +61,9 @@ class MergeConfig(BaseModel):
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
     max_examples: int = Field(1_000_000, ge=1, alias="max-examples")
-    # --- the clients' task (sent to them in each round's config)
-    model: Literal["mlp", "cnn", "gru"] = "mlp"
-    dataset: Literal["digits", "shakespeare"] = "digits"
+    # --- the clients' task (sent to them in each round's config; client/tasks/)
+    task: str = "digits"  # a built-in (digits, shakespeare) or an import string "module:attr"
+    task_config: str = Field("", alias="task-config")  # its settings: JSON or TOML inline table
     partition: Literal["iid", "dirichlet", "pathological"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0.0, alias="dirichlet-alpha")
     classes_per_client: int = Field(2, ge=1, le=10, alias="classes-per-client")
@@ -62,6 +78,21 @@ class MergeConfig(BaseModel):
     out_dir: str = Field("~/.fedmerge", alias="out-dir")
     run_name: str = Field("", alias="run-name")
     resume_run: str = Field("", alias="resume-run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_keys(cls, data: Any) -> Any:
+        return task_from_deprecated_keys(data) if isinstance(data, Mapping) else data
+
+    @field_validator("task_config", mode="before")
+    @classmethod
+    def _canonical_task_config(cls, value: Any) -> str:
+        from client.tasks.registry import canonical
+
+        try:
+            return canonical(value if isinstance(value, Mapping) else str(value))
+        except TaskError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
@@ -87,19 +118,60 @@ class MergeConfig(BaseModel):
         return self.model_dump(by_alias=True)
 
 
+def task_from_deprecated_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``model``/``dataset`` as the ``task``/``task-config`` they stand for, with a warning
+    that says what to write instead."""
+    out = dict(data)
+    model, dataset = out.pop("model", None), out.pop("dataset", None)
+    if model is None and dataset is None:
+        return out
+    task = "shakespeare" if "shakespeare" in (dataset, model) or model == "gru" else "digits"
+    given = out.get("task", task)
+    if given != task:
+        raise ValueError(f"task: {given!r} conflicts with the deprecated key(s) model/dataset "
+                         f"(they mean task {task!r}); give only task and task-config")
+    out["task"] = task
+    instead = f'task="{task}"'
+    if task == "digits" and model is not None:
+        from client.tasks.registry import parse_settings
+
+        settings = {**parse_settings(out.get("task-config", ""), task), "model": model}
+        out["task-config"] = json.dumps(settings, sort_keys=True)
+        instead += f" task-config='{{model=\"{model}\"}}'"
+    old = [k for k, v in (("model", model), ("dataset", dataset)) if v is not None]
+    message = f"run-config key(s) {', '.join(old)} deprecated: write {instead}"
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
+    logging.getLogger(__name__).warning(message)
+    return out
+
+
 def parse_run_config(run_config: Mapping[str, Any]) -> MergeConfig:
     """Validate Flower's run_config. Raises ``ConfigError`` naming every bad key."""
     known = {f.alias or name for name, f in MergeConfig.model_fields.items()}
+    known.update(DEPRECATED_KEYS)
     unknown = sorted(set(run_config) - known)
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
         )
     try:
-        return MergeConfig.model_validate(dict(run_config))
+        cfg = MergeConfig.model_validate(dict(run_config))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "config"
             problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid run config: " + "; ".join(problems)) from None
+    check_task(cfg)
+    return cfg
+
+
+def check_task(cfg: MergeConfig) -> None:
+    """The task resolves and its settings validate, at start (the message names the task
+    and the field)."""
+    from client.tasks.registry import load_task
+
+    try:
+        load_task(cfg.task, cfg.task_config)
+    except TaskError as exc:
+        raise ConfigError(f"invalid run config: {exc}") from None

@@ -7,28 +7,26 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from client.datasets import central_test_set
 from client.metrics import EVAL_ACC, EVAL_LOSS, PARTITION_ID, PERSONAL_ACC, PERSONAL_LOSS
-from client.models import build_model
 from client.task import NUM_EXAMPLES
-from client.trainer import evaluate, load_params
+from client.tasks.registry import load_task
+from client.tasks.runtime import central_evaluation
 from coordinator.store import EvaluationRecord
 
 Row = Mapping[str, float]
 
 
 class CentralEvaluation:
-    """theta -> its loss and accuracy on the coordinator's held-out split of ``dataset``,
-    as a "central" EvaluationRecord. The model and the split are built once."""
+    """theta -> the run's task's metrics on its held-out split, as a "central"
+    EvaluationRecord (loss and accuracy where the task has them; every metric, the
+    headline's name and its direction in ``metrics``). The model and split are built once."""
 
-    def __init__(self, dataset: str, model: str) -> None:
-        self.x, self.y = central_test_set(dataset)
-        self.model = build_model(model)
+    def __init__(self, task: str, task_config: str = "", *, seed: int = 0) -> None:
+        self._evaluate = central_evaluation(load_task(task, task_config), seed)
 
     def __call__(self, params: dict[str, torch.Tensor]) -> EvaluationRecord:
-        loss, acc = evaluate(load_params(self.model, params), self.x, self.y,
-                             torch.device("cpu"))
-        return EvaluationRecord("central", loss, acc, len(self.y))
+        loss, acc, n, metrics = self._evaluate(params)
+        return EvaluationRecord("central", loss, acc, n, metrics)
 
 
 def examples_weighted(rows: Iterable[Row], key: str) -> tuple[float | None, float]:

@@ -58,7 +58,7 @@ def run_federation(
                 cfg.combiner)
         loop = RoundLoop(
             grid=streaming, strategy=build_strategy(cfg), merge=merge,
-            central=CentralEvaluation(cfg.dataset, cfg.model), journal=journal,
+            central=CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed), journal=journal,
             checkpoint_dir=cfg.out_path / "checkpoints" / run_id,
             train_config=client_config(cfg), evaluate_config=client_config(cfg),
             timeout=cfg.round_timeout, seed=cfg.seed, on_commit=on_commit,

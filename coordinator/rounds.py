@@ -107,9 +107,12 @@ class RoundLoop:
         )
         self.journal.commit(record, timeout_events(number, (train.timing, evaluate.timing)))
 
-        log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central acc %.4f, %.2f s",
+        central = evaluations[-1]
+        headline = central.metrics.get("headline", "accuracy")
+        log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central %s %.4f, %.2f s",
             number, report.accepted, len(report.clients),
-            report.train_metrics.get(TRAIN_LOSS, float("nan")), evaluations[-1].accuracy,
+            report.train_metrics.get(TRAIN_LOSS, float("nan")), headline,
+            central.metrics.get(headline, central.accuracy or float("nan")),
             time.perf_counter() - t0)
         if self.on_commit is not None:
             self.on_commit(record)

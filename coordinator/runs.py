@@ -15,7 +15,8 @@ from flwr.common import log
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation import OptimizerState, ServerOptimizer, ServerState, make_optimizer
-from client.models import build_model
+from client.tasks.registry import load_task
+from client.tasks.runtime import build_model, shared_params
 from coordinator.checkpoints import CheckpointError, load_checkpoint
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.store import repo
@@ -46,8 +47,8 @@ def server_optimizer(cfg: MergeConfig) -> ServerOptimizer:
 
 
 def initial_state(cfg: MergeConfig) -> ServerState:
-    model = build_model(cfg.model, seed=cfg.seed)
-    params = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    task = load_task(cfg.task, cfg.task_config)
+    params = shared_params(task, build_model(task, cfg.seed))  # the tensors that travel
     return ServerState(params, server_optimizer(cfg).init(params), 0)
 
 

@@ -51,6 +51,8 @@ class WorkerOptions:
     runtime_port: int | None = None  # the SuperNode's local Runtime API; None: a free one
     poll_interval: float = DEFAULT_POLL_S  # the SuperNode loop's longest sleep (Flower: 3 s)
     extra_node_config: tuple[str, ...] = ()  # more key=value pairs, TOML values
+    task: str = "digits"  # the task whose format data_dir is checked against at start
+    task_config: str = ""
 
 
 def node_config(opts: WorkerOptions) -> str:
@@ -158,8 +160,8 @@ def run_worker(opts: WorkerOptions, *, echo: Echo = print,
     if opts.data_dir is not None:
         from client.local_data import check_data_dir
 
-        data = check_data_dir(opts.data_dir)
-        echo(f"data: {opts.data_dir} ({len(data.y_train)} train, {len(data.y_val)} val)")
+        data = check_data_dir(opts.data_dir, opts.task, opts.task_config)
+        echo(f"data: {opts.data_dir} ({len(data.train)} train, {len(data.val)} val)")
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     env = child_env({"FLWR_HOME": str(opts.work_dir / "flwr"), **device_env(opts.device)})
     if opts.device.startswith("cuda"):

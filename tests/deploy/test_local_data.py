@@ -18,7 +18,7 @@ from client.local_data import (
 )
 from client.task import ClientTask
 
-TASK = ClientTask(dataset="digits")
+TASK = ClientTask(task="digits")
 
 
 def _digits(n: int = 100) -> tuple[np.ndarray, np.ndarray]:
