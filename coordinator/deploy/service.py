@@ -7,12 +7,17 @@ its own state database and Flower home under the out dir, and the store's URL in
 ``FEDMERGE_DB_URL`` so the ServerApp writes where the dashboard reads.
 
 TLS (and SuperNode authentication, which Flower only allows over TLS) when certificate
-paths are given; plain HTTP only with an explicit ``insecure``.
+paths are given; plain HTTP only with an explicit ``insecure``. The SuperLink runs through
+coordinator/deploy/superlink.py: the Control API takes only requests that carry the
+operator token (``<out-dir>/operator.token``), and off loopback only the Fleet and Control
+routes are served.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +71,16 @@ class CoordinatorOptions:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080
     dashboard_token: str | None = None
+    operator_token: str | None = None  # None: keep (or make) <out-dir>/operator.token
 
     @property
     def state_dir(self) -> Path:
         return self.out_dir / "superlink"
+
+    @property
+    def cli_home(self) -> Path:
+        """The Flower home of the coordinator's own Control API calls."""
+        return self.state_dir / "cli"
 
     @property
     def local_address(self) -> str:
@@ -112,8 +123,9 @@ def check_options(opts: CoordinatorOptions) -> list[str]:
 
 
 def superlink_argv(opts: CoordinatorOptions) -> list[str]:
-    argv = [
-        flwr_executable("flower-superlink"), "--host", opts.host, "--port", str(opts.port),
+    argv = [  # Flower's SuperLink behind the operator token (coordinator/deploy/superlink.py)
+        sys.executable, "-m", "coordinator.deploy.superlink", "--",
+        "--host", opts.host, "--port", str(opts.port),
         "--database", str(opts.state_dir / "state.db"),
         "--disable-runtime-dependency-installation",
     ]
@@ -135,14 +147,18 @@ def _prepare_store(opts: CoordinatorOptions) -> str:
 
 
 def register_supernode_keys(
-    opts: CoordinatorOptions, flwr_home: Path, echo: Echo, *, timeout: float = 60.0
+    opts: CoordinatorOptions, flwr_home: Path, token_file: Path, echo: Echo, *,
+    timeout: float = 60.0,
 ) -> None:
     """``flwr supernode register`` each public key (one already registered is fine)."""
+    from coordinator.deploy.operator import store_for_flwr_cli
     from coordinator.deploy.submit import write_connection
+    from coordinator.deploy.superlink import read_token
 
     assert opts.tls is not None
     write_connection(CLI_CONNECTION, address=opts.local_address, root_cert=opts.tls.ca,
                      flwr_home=flwr_home)
+    store_for_flwr_cli(flwr_home, opts.local_address, read_token(token_file))
     env = child_env({"FLWR_HOME": str(flwr_home)})
     for key in opts.register_keys:
         done = subprocess.run(
@@ -177,13 +193,22 @@ def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> objec
 def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
                     startup_timeout: float = 120.0) -> int:
     """Run until SIGTERM/SIGINT (returns 0) or until the SuperLink dies (returns 1)."""
+    from coordinator.deploy.operator import coordinator_token_file
+    from coordinator.deploy.superlink import ENV_TOKEN_FILE
+    from coordinator.home import ENV_HOME
+
     for warning in check_options(opts):
         echo(warning)
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    for private in (opts.out_dir, opts.state_dir):
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o700)
+    token_file = coordinator_token_file(opts.out_dir, opts.operator_token)
     db_url = _prepare_store(opts)
     env = child_env({
         "FEDMERGE_DB_URL": db_url,  # the ServerApp's store unless a run sets `db`
+        ENV_HOME: str(opts.out_dir),  # a run's default out-dir (checkpoints)
         "FLWR_HOME": str(opts.state_dir / "flwr-home"),  # FABs the ServerApps run from
+        ENV_TOKEN_FILE: str(token_file),
     })
     supervisor = Supervisor(opts.out_dir / "logs")
     dashboard: list[object] = []  # the uvicorn server, once started
@@ -196,8 +221,9 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
         scheme = "TLS" if opts.tls else "plain HTTP"
         echo(f"SuperLink ({scheme}) on {opts.host}:{opts.port}, pid {superlink.pid}, "
              f"log {superlink.log_path}")
+        echo(f"operator token (needed by `fedmerge submit` and `flwr` commands): {token_file}")
         if opts.register_keys:
-            register_supernode_keys(opts, opts.state_dir / "cli", echo)
+            register_supernode_keys(opts, opts.cli_home, token_file, echo)
         if opts.dashboard and (server := _start_dashboard(opts, db_url, echo)) is not None:
             dashboard.append(server)
         echo(f"run store: {db_url}")

@@ -4,6 +4,13 @@ Flower 1.42 keeps SuperLink connections ("federations" before) in
 ``$FLWR_HOME/config.toml``; ``flwr run . <connection>`` builds the FAB and starts the run.
 ``flwr run`` exits 0 even for a run that failed, so this polls the run's status through
 the Control API and exits non-zero unless the run finished ``completed``.
+
+Before anything starts it checks what it can here: the app directory has a
+pyproject.toml, every ``-c`` key is one of the app's ``[tool.flwr.app.config]`` keys.
+It says when another run is active on the coordinator (runs share the workers), and
+``queue`` waits for the active runs to end first. Once the run is started it prints
+Flower's run id and, when the coordinator's run store is readable here (on the
+coordinator machine), the store's run id; every ``fedmerge`` command takes either.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from coordinator.deploy.procs import Echo, ServiceError, child_env, flwr_executable
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
+ACTIVE_STATUSES = ("pending", "starting", "running")
 
 
 def resolve_flwr_home(explicit: Path | None = None) -> Path:
@@ -83,20 +91,59 @@ def start_run(
     except json.JSONDecodeError:
         payload = {}
     if done.returncode != 0 or not payload.get("success") or not payload.get("run-id"):
-        raise ServiceError(
-            f"flwr run failed (exit {done.returncode}):\n{(done.stdout + done.stderr).strip()}"
-        )
+        said = payload.get("error-message") or (done.stdout + done.stderr).strip()
+        raise ServiceError(f"flwr run failed (exit {done.returncode}):\n{said}")
     return int(payload["run-id"])
+
+
+def app_config_keys(app: Path) -> set[str]:
+    """The run-config keys the app declares (``[tool.flwr.app.config]``, flattened);
+    ServiceError when ``app`` has no pyproject.toml."""
+    from flwr.common.config import flatten_dict
+
+    pyproject = app / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ServiceError(
+            f"no pyproject.toml in {app}: run `fedmerge submit` from the fedmerge checkout "
+            "(the Flower app it builds and sends), or point at it with --app DIR"
+        )
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ServiceError(f"{pyproject}: {exc}") from None
+    config = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
+    if not isinstance(config, dict):
+        raise ServiceError(f"{pyproject} has no [tool.flwr.app.config]: is {app} a Flower "
+                           "app? Point at fedmerge's checkout with --app DIR")
+    return set(flatten_dict(config))
+
+
+def check_run_config(app: Path, run_config: Sequence[str]) -> None:
+    """ServiceError naming every ``-c`` key the app does not declare, or a value that
+    does not parse, before anything is sent."""
+    from flwr.common.config import flatten_dict, parse_config_args
+
+    known = app_config_keys(app)
+    for item in run_config:
+        try:
+            given = parse_config_args([item])
+        except ValueError as exc:  # TOMLDecodeError is one
+            raise ServiceError(f"--run-config {item!r}: {exc}") from None
+        unknown = sorted(set(flatten_dict(given)) - known)
+        if unknown:
+            raise ServiceError(
+                f"--run-config: unknown key(s) {', '.join(unknown)} (not in "
+                f"[tool.flwr.app.config] of {app / 'pyproject.toml'}; README lists them)"
+            )
 
 
 class RunWatcher:
     """Reads a run's status through the SuperLink's Control API."""
 
-    def __init__(self, connection: str) -> None:
-        from flwr.cli.flower_config import read_superlink_connection
-        from flwr.cli.utils import init_http_client_from_connection
+    def __init__(self, connection: str, flwr_home: Path) -> None:
+        from coordinator.deploy.operator import control_client
 
-        self._client = init_http_client_from_connection(read_superlink_connection(connection))
+        self._client = control_client(connection, flwr_home)
 
     def status(self, run_id: int) -> RunStatus:
         from flwr.common.serde import run_from_proto
@@ -108,28 +155,59 @@ class RunWatcher:
         st = run_from_proto(res.run_dict[run_id]).status
         return RunStatus(st.status, st.sub_status, st.details)
 
+    def active_runs(self) -> dict[int, RunStatus]:
+        """Runs that are pending, starting or running."""
+        from flwr.common.serde import run_from_proto
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        res = self._client.ListRuns(ListRunsRequest())
+        out = {}
+        for run_id, proto in res.run_dict.items():
+            st = run_from_proto(proto).status
+            if st.status in ACTIVE_STATUSES:
+                out[int(run_id)] = RunStatus(st.status, st.sub_status, st.details)
+        return out
+
     def close(self) -> None:
         self._client.close()
 
 
-def submit(
-    app: Path, connection: str, run_config: Sequence[str], *, wait: bool = True,
-    timeout: float | None = None, poll: float = 1.0, flwr_home_dir: Path | None = None,
-    echo: Echo = print,
-) -> int:
+@dataclass(frozen=True)
+class SubmitOptions:
+    app: Path
+    connection: str
+    run_config: tuple[str, ...] = ()
+    wait: bool = True
+    queue: bool = False  # wait for the active runs to end before starting
+    timeout: float | None = None
+    poll: float = 1.0
+    flwr_home: Path | None = None
+    operator_token: str | None = None
+    db_url: str | None = None  # the coordinator's run store, if readable from here
+
+
+def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
     """Start the run; with ``wait``, follow it and return EXIT_COMPLETED, EXIT_FAILED, or
     EXIT_TIMEOUT (the run goes on; ``flwr stop`` ends it)."""
-    env = child_env({"FLWR_HOME": str(resolve_flwr_home(flwr_home_dir))})
+    check_run_config(opts.app, opts.run_config)
+    flwr_home = resolve_flwr_home(opts.flwr_home)
+    env = child_env({"FLWR_HOME": str(flwr_home)})
     previous = os.environ.get("FLWR_HOME")
     os.environ["FLWR_HOME"] = env["FLWR_HOME"]  # for the in-process Control API client
     try:
-        run_id = start_run(app, connection, run_config, env=env)
-        echo(f"started run {run_id} on {connection}")
-        if not wait:
-            return EXIT_COMPLETED
-        watcher = RunWatcher(connection)
+        if opts.operator_token:
+            _store_token(opts.connection, flwr_home, opts.operator_token)
+        watcher = RunWatcher(opts.connection, flwr_home)
         try:
-            return _follow(watcher, run_id, timeout=timeout, poll=poll, echo=echo)
+            _wait_for_turn(watcher, opts, echo)
+            run_id = start_run(opts.app, opts.connection, opts.run_config, env=env)
+            echo(f"started run {run_id} on {opts.connection} (Flower's run id)")
+            store_id = _store_run_id(opts.db_url, run_id, wait_s=0 if opts.wait else 20)
+            if store_id is None and not opts.wait:
+                echo(f"the store's run id: `fedmerge show {run_id}` on the coordinator")
+            if not opts.wait:
+                return EXIT_COMPLETED
+            return _follow(watcher, run_id, opts, echo=echo, store_id=store_id)
         finally:
             watcher.close()
     finally:
@@ -139,18 +217,80 @@ def submit(
             os.environ["FLWR_HOME"] = previous
 
 
-def _follow(watcher: RunWatcher, run_id: int, *, timeout: float | None, poll: float,
-            echo: Echo) -> int:
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _store_token(connection: str, flwr_home: Path, token: str) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    from coordinator.deploy.operator import store_for_flwr_cli
+
+    store_for_flwr_cli(flwr_home, str(read_superlink_connection(connection).address), token)
+
+
+def _wait_for_turn(watcher: RunWatcher, opts: SubmitOptions, echo: Echo) -> None:
+    """Say which runs are active; with ``queue``, wait until none is."""
+    said = False
+    while active := watcher.active_runs():
+        listed = ", ".join(f"{rid} ({st.status})" for rid, st in sorted(active.items()))
+        if not opts.queue:
+            echo(f"note: another run is active on the coordinator: {listed}. Runs share the "
+                 "workers and slow each other down; --queue waits for them to end")
+            return
+        if not said:
+            echo(f"queued: waiting for {listed} to end")
+            said = True
+        time.sleep(opts.poll)
+    if said:
+        echo("the coordinator is free: starting")
+
+
+def _store_run_id(db_url: str | None, flower_run_id: int, *, wait_s: float) -> str | None:
+    """The store's id of the run Flower calls ``flower_run_id``, if the store is readable
+    here and the ServerApp has recorded the run within ``wait_s``."""
+    if not db_url or not _store_exists(db_url):
+        return None
+    from coordinator.store import make_engine, make_session_factory, repo
+
+    deadline = time.monotonic() + wait_s
+    engine = make_engine(db_url)
+    try:
+        while True:
+            try:
+                with make_session_factory(engine)() as s:
+                    row = repo.get_run(s, str(flower_run_id))
+                    if row is not None and row.flower_run_id == str(flower_run_id):
+                        return row.id
+            except Exception:  # noqa: BLE001 - a store not readable from here: say nothing
+                return None
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
+def _store_exists(db_url: str) -> bool:
+    """A SQLite store that is not there is not created by looking."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return True
+    return bool(url.database) and Path(url.database).is_file()
+
+
+def _follow(watcher: RunWatcher, run_id: int, opts: SubmitOptions, *, echo: Echo,
+            store_id: str | None) -> int:
+    deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
     last = None
     while True:
         st = watcher.status(run_id)
+        if store_id is None and (store_id := _store_run_id(opts.db_url, run_id, wait_s=0)):
+            echo(f"store run id {store_id} (`fedmerge show {store_id[:8]}`, or {run_id})")
         if str(st) != last:
             echo(f"run {run_id}: {st}")
             last = str(st)
         if st.finished:
             return EXIT_COMPLETED if st.sub_status == "completed" else EXIT_FAILED
         if deadline is not None and time.monotonic() > deadline:
-            echo(f"run {run_id} still {st} after {timeout:.0f} s; not waiting any longer")
+            echo(f"run {run_id} still {st} after {opts.timeout:.0f} s; not waiting any longer")
             return EXIT_TIMEOUT
-        time.sleep(poll)
+        time.sleep(opts.poll)

@@ -63,11 +63,14 @@ class LocalCluster:
         self.tag = uuid.uuid4().hex
         self.flwr_home = root / "flwr-cli"
         self.env = {k: v for k, v in os.environ.items() if k != "FEDMERGE_DB_URL"}
+        self.out_dir = root / "coord"
+        # fedmerge's home is the coordinator's out dir, as on a coordinator machine with the
+        # defaults: `fedmerge submit` finds the operator token and the store there.
         self.env.update({TAG: self.tag, "FLWR_HOME": str(self.flwr_home),
-                         "PYTHONUNBUFFERED": "1"})
+                         "PYTHONUNBUFFERED": "1", "FEDMERGE_HOME": str(self.out_dir)})
+        self.env.pop("FEDMERGE_OPERATOR_TOKEN", None)
         self.procs: list[Proc] = []
         self.port = free_port()
-        self.out_dir = root / "coord"
 
     @property
     def address(self) -> str:
