@@ -94,7 +94,8 @@ def runs(out_dir: OutDir = None, db: Db = "") -> None:
 
 @app.command()
 def show(
-    run: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    run: Annotated[str, typer.Argument(
+        help="Run id or unique prefix, Flower's run id, or 'latest'.")],
     out_dir: OutDir = None,
     db: Db = "",
 ) -> None:
@@ -106,7 +107,8 @@ def show(
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    run: Annotated[str, typer.Argument(
+        help="Run id or unique prefix, Flower's run id, or 'latest'.")],
     dest: Annotated[Path, typer.Option("--to", help="Directory to write into.")] = Path("."),
     out_dir: OutDir = None,
     db: Db = "",
@@ -298,6 +300,8 @@ def submit(
     queue: Annotated[bool, typer.Option(
         "--queue", help="Wait until no other run is active on the coordinator.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Stop waiting after S seconds.")] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for a coordinator that is still starting.")] = 60.0,
     operator_token_file: Annotated[Path | None, typer.Option(
         help="File with the coordinator's operator token (default: $FEDMERGE_OPERATOR_TOKEN, "
              "else this machine's coordinator's <out-dir>/operator.token).")] = None,
@@ -322,7 +326,7 @@ def submit(
             write_connection(connection, address=superlink, root_cert=cert, insecure=insecure)
         opts = SubmitOptions(
             app=app_path, connection=connection, run_config=tuple(items), wait=wait,
-            queue=queue, timeout=timeout,
+            queue=queue, timeout=timeout, connect_timeout=connect_timeout,
             operator_token=client_token(os.environ.get(ENV_TOKEN), token_file),
             db_url=resolve_db_url(db or None, _out(out_dir)),
         )

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.deploy.procs import Echo, ServiceError, child_env, flwr_executable
+from coordinator.deploy.procs import (
+    Echo,
+    ServiceError,
+    child_env,
+    flwr_executable,
+    port_open,
+    split_address,
+)
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
 ACTIVE_STATUSES = ("pending", "starting", "running")
@@ -184,6 +191,7 @@ class SubmitOptions:
     flwr_home: Path | None = None
     operator_token: str | None = None
     db_url: str | None = None  # the coordinator's run store, if readable from here
+    connect_timeout: float = 60.0  # wait this long for a coordinator that is starting
 
 
 def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
@@ -195,8 +203,12 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
     previous = os.environ.get("FLWR_HOME")
     os.environ["FLWR_HOME"] = env["FLWR_HOME"]  # for the in-process Control API client
     try:
+        address = _address(opts.connection)
+        _wait_for_coordinator(address, opts.connect_timeout, echo)
         if opts.operator_token:
-            _store_token(opts.connection, flwr_home, opts.operator_token)
+            from coordinator.deploy.operator import store_for_flwr_cli
+
+            store_for_flwr_cli(flwr_home, address, opts.operator_token)
         watcher = RunWatcher(opts.connection, flwr_home)
         try:
             _wait_for_turn(watcher, opts, echo)
@@ -217,12 +229,32 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
             os.environ["FLWR_HOME"] = previous
 
 
-def _store_token(connection: str, flwr_home: Path, token: str) -> None:
+def _address(connection: str) -> str:
     from flwr.cli.flower_config import read_superlink_connection
 
-    from coordinator.deploy.operator import store_for_flwr_cli
+    try:
+        address = read_superlink_connection(connection).address
+    except Exception as exc:  # noqa: BLE001 - click's exception: say it as ours
+        raise ServiceError(f"connection {connection!r}: {exc} (pass --superlink HOST:PORT "
+                           "with --root-cert or --insecure to write it)") from None
+    if not address:
+        raise ServiceError(f"connection {connection!r} has no address")
+    return str(address)
 
-    store_for_flwr_cli(flwr_home, str(read_superlink_connection(connection).address), token)
+
+def _wait_for_coordinator(address: str, timeout: float, echo: Echo) -> None:
+    """Return once ``address`` accepts connections; ServiceError after ``timeout``."""
+    host, port = split_address(address)
+    deadline = time.monotonic() + timeout
+    said = False
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the coordinator at {address} does not answer (waited "
+                               f"{timeout:.0f} s): is `fedmerge coordinator` running there?")
+        if not said:
+            echo(f"waiting for the coordinator at {address} ...")
+            said = True
+        time.sleep(0.5)
 
 
 def _wait_for_turn(watcher: RunWatcher, opts: SubmitOptions, echo: Echo) -> None:

@@ -88,9 +88,10 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def start_coordinator(self, *args: str, dashboard_port: int | None = None) -> Proc:
+    def start_coordinator(self, *args: str, dashboard_port: int | None = None,
+                          name: str = "coordinator") -> Proc:
         dash = ["--dashboard-port", str(dashboard_port)] if dashboard_port else ["--no-dashboard"]
-        return self._spawn("coordinator", [
+        return self._spawn(name, [
             "coordinator", "--port", str(self.port), "--out-dir", str(self.out_dir), *dash,
             *args,
         ])

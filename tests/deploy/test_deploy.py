@@ -98,7 +98,7 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_worker(cluster: LocalClus
                              "--node-config", "partition-id=1"),
     ]
     intruder = cluster.start_worker("intruder", *tls, "--auth-key", str(k2), "--partition",
-                                    "0/2", "--isolation", "subprocess")
+                                    "0/2", "--isolation", "subprocess", "--max-retries", "0")
     for w in workers:
         cluster.wait_worker(w)
     try:
