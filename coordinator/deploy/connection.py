@@ -52,7 +52,10 @@ class ConnectionWatch:
             self._say("connected", f"connected to the coordinator at {self.address} "
                                    f"(node id {self.node_id})")
         elif m := RETRYING.search(line):
-            self._say("retrying", f"coordinator at {self.address} unreachable; retrying "
+            # Flower retries both a coordinator that does not answer and one that does not
+            # activate this node yet (key not registered): its log does not tell which.
+            self._say("retrying", f"coordinator at {self.address} not reachable or not "
+                                  "letting this worker in; retrying "
                                   f"(next try in {float(m.group(1)):.1f} s)")
         elif RECONNECTED.search(line) and self.was_connected:
             self._say("connected", f"connected to the coordinator at {self.address} again")

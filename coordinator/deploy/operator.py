@@ -105,3 +105,20 @@ def control_client(connection: str, flwr_home: Path):  # noqa: ANN201 - ControlH
     plugin = get_cli_plugin_class(kind.decode() if kind else AuthnType.NOOP)(conn.address)
     plugin.store = store  # type: ignore[attr-defined] - the file of this flwr home
     return init_http_client_from_connection(conn, auth_plugin=plugin)
+
+
+def token_client(address: str, *, root_cert: Path | None, token: str):  # noqa: ANN201
+    """A Control API client for ``address`` that sends ``token``, with no connection file
+    (the coordinator's own calls: registering keys)."""
+    from flwr.cli.auth_plugin import OidcCliPlugin
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    class Fixed(OidcCliPlugin):
+        def load_tokens(self) -> None:  # the token given here, not a credentials file
+            self.access_token, self.refresh_token = token, "-"
+
+    conn = SuperLinkConnection(name="fedmerge-coordinator", address=address,
+                               root_certificates=str(root_cert) if root_cert else None,
+                               insecure=root_cert is None)
+    return init_http_client_from_connection(conn, auth_plugin=Fixed(address))

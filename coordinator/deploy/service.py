@@ -16,7 +16,6 @@ routes are served.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from coordinator.deploy.procs import (
     ServiceError,
     Supervisor,
     child_env,
-    flwr_executable,
     is_loopback,
     run_supervised,
     split_address,
@@ -146,32 +144,47 @@ def _prepare_store(opts: CoordinatorOptions) -> str:
     return url
 
 
-def register_supernode_keys(
-    opts: CoordinatorOptions, flwr_home: Path, token_file: Path, echo: Echo, *,
-    timeout: float = 60.0,
-) -> None:
-    """``flwr supernode register`` each public key (one already registered is fine)."""
+def write_cli_connection(opts: CoordinatorOptions, token_file: Path) -> None:
+    """The coordinator's own Flower CLI connection, ``fedmerge-coordinator`` in
+    ``<out-dir>/superlink/cli``, with the operator token: what it registers keys with, and
+    what an operator on this machine can use with ``flwr`` (docs/deployment.md)."""
     from coordinator.deploy.operator import store_for_flwr_cli
     from coordinator.deploy.submit import write_connection
     from coordinator.deploy.superlink import read_token
 
+    write_connection(CLI_CONNECTION, address=opts.local_address,
+                     root_cert=opts.tls.ca if opts.tls else None, insecure=opts.tls is None,
+                     flwr_home=opts.cli_home)
+    store_for_flwr_cli(opts.cli_home, opts.local_address, read_token(token_file))
+
+
+def register_supernode_keys(opts: CoordinatorOptions, token_file: Path, echo: Echo) -> None:
+    """Register each public key through the Control API, in this process (a `flwr
+    supernode register` process per key took 5-40 s on a loaded machine); a key
+    registered before is fine."""
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    from coordinator.deploy.operator import token_client
+    from coordinator.deploy.superlink import read_token
+
     assert opts.tls is not None
-    write_connection(CLI_CONNECTION, address=opts.local_address, root_cert=opts.tls.ca,
-                     flwr_home=flwr_home)
-    store_for_flwr_cli(flwr_home, opts.local_address, read_token(token_file))
-    env = child_env({"FLWR_HOME": str(flwr_home)})
-    for key in opts.register_keys:
-        done = subprocess.run(
-            [flwr_executable("flwr"), "supernode", "register", str(key), CLI_CONNECTION],
-            env=env, capture_output=True, text=True, timeout=timeout,
-        )
-        out = done.stdout + done.stderr
-        if done.returncode == 0:
-            echo(f"registered SuperNode key {key}")
-        elif "already in use" in out:
-            echo(f"SuperNode key {key} was registered before")
-        else:
-            raise ServiceError(f"flwr supernode register {key} failed:\n{out.strip()}")
+    client = token_client(opts.local_address, root_cert=opts.tls.ca,
+                          token=read_token(token_file))
+    try:
+        for key in opts.register_keys:
+            try:
+                public = try_load_public_key(key)
+                res = client.RegisterNode(RegisterNodeRequest(public_key=public))
+            except Exception as exc:  # noqa: BLE001 - Flower's errors: said with the key
+                if "already in use" in str(exc) or "already" in getattr(
+                        getattr(exc, "response", None), "text", ""):
+                    echo(f"SuperNode key {key} was registered before")
+                    continue
+                raise ServiceError(f"registering SuperNode key {key} failed: {exc}") from None
+            echo(f"registered SuperNode key {key} (node id {res.node_id})")
+    finally:
+        client.close()
 
 
 def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> object | None:
@@ -222,8 +235,9 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
         echo(f"SuperLink ({scheme}) on {opts.host}:{opts.port}, pid {superlink.pid}, "
              f"log {superlink.log_path}")
         echo(f"operator token (needed by `fedmerge submit` and `flwr` commands): {token_file}")
+        write_cli_connection(opts, token_file)
         if opts.register_keys:
-            register_supernode_keys(opts, opts.cli_home, token_file, echo)
+            register_supernode_keys(opts, token_file, echo)
         if opts.dashboard and (server := _start_dashboard(opts, db_url, echo)) is not None:
             dashboard.append(server)
         echo(f"run store: {db_url}")

@@ -38,6 +38,7 @@ def test_docs_and_readme_share_one_walkthrough() -> None:
     assert walkthrough(REPO / "README.md") == walkthrough(REPO / "docs" / "deployment.md")
 
 
+@pytest.mark.timeout(480)  # a cold coordinator, two workers, a 2-round run, on 2 cores
 def test_the_walkthrough_runs_as_written(cluster: LocalCluster) -> None:
     script = walkthrough(REPO / "docs" / "deployment.md")
     assert re.search(r"^FEDMERGE_APP=\S+", script, re.M)

@@ -195,7 +195,8 @@ def test_connection_state_is_said_once_per_change(tmp_path: Path) -> None:
     assert said == [
         "connecting to the coordinator at coord:8000",
         "connected to the coordinator at coord:8000 (node id 42)",
-        "coordinator at coord:8000 unreachable; retrying (next try in 0.4 s)",
+        "coordinator at coord:8000 not reachable or not letting this worker in; retrying "
+        "(next try in 0.4 s)",
         "connected to the coordinator at coord:8000 again",
     ]
     assert watch.was_connected

@@ -28,7 +28,7 @@ def test_workers_outlive_a_coordinator_restart_and_queued_runs_follow(
 
     cluster.kill(coordinator)
     for w in workers:
-        cluster.wait_log(w, f"coordinator at {cluster.address} unreachable", timeout=90)
+        cluster.wait_log(w, f"coordinator at {cluster.address} not reachable", timeout=90)
     again = cluster.start_coordinator("--insecure", name="coordinator-again")
     cluster.wait_coordinator(again)
     for w in workers:
