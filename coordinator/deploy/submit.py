@@ -1,9 +1,10 @@
 """``fedmerge submit``: start a run on the coordinator and follow it to its end.
 
 Flower 1.42 keeps SuperLink connections ("federations" before) in
-``$FLWR_HOME/config.toml``; ``flwr run . <connection>`` builds the FAB and starts the run.
-``flwr run`` exits 0 even for a run that failed, so this polls the run's status through
-the Control API and exits non-zero unless the run finished ``completed``.
+``$FLWR_HOME/config.toml``. This does what ``flwr run <app> <connection>`` does (build the
+FAB, StartRun through the Control API), in this process, then polls the run's status and
+exits non-zero unless the run finished ``completed`` (``flwr run`` exits 0 even for a run
+that failed).
 
 Before anything starts it checks what it can here: the app directory has a
 pyproject.toml, every ``-c`` key is one of the app's ``[tool.flwr.app.config]`` keys.
@@ -15,9 +16,7 @@ coordinator machine), the store's run id; every ``fedmerge`` command takes eithe
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 import tomllib
 from collections.abc import Sequence
@@ -27,8 +26,6 @@ from pathlib import Path
 from coordinator.deploy.procs import (
     Echo,
     ServiceError,
-    child_env,
-    flwr_executable,
     port_open,
     split_address,
 )
@@ -83,24 +80,43 @@ class RunStatus:
         return f"{text} ({self.details})" if self.details else text
 
 
-def start_run(
-    app: Path, connection: str, run_config: Sequence[str], *, env: dict[str, str],
-    timeout: float = 300.0,
-) -> int:
-    """``flwr run <app> <connection> --format json``; returns Flower's run id."""
-    argv = [flwr_executable("flwr"), "run", str(app), connection, "--format", "json"]
-    for item in run_config:
-        argv += ["--run-config", item]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    start = done.stdout.find("{")
+def start_run(client, app: Path, connection: str, run_config: Sequence[str]) -> int:  # noqa: ANN001
+    """What ``flwr run <app> <connection>`` does, in this process (a ``flwr`` process costs
+    a Python start and flwr's imports, seconds on a loaded machine): build the FAB from
+    ``app``, StartRun through ``client`` (a Control API client); returns Flower's run id."""
+    import hashlib
+
+    import httpx
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.cli.flower_config import read_superlink_connection
+    from flwr.common.config import parse_config_args
+    from flwr.common.serde import fab_to_proto, user_config_to_proto
+    from flwr.proto.control_pb2 import StartRunRequest
+    from flwr.supercore.fab import Fab
+
+    config, _warnings = load_and_validate(app / "pyproject.toml")
+    if config is None:
+        raise ServiceError(f"{app / 'pyproject.toml'} is not a valid Flower app: "
+                           + "; ".join(_warnings))
     try:
-        payload = json.loads(done.stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        payload = {}
-    if done.returncode != 0 or not payload.get("success") or not payload.get("run-id"):
-        said = payload.get("error-message") or (done.stdout + done.stderr).strip()
-        raise ServiceError(f"flwr run failed (exit {done.returncode}):\n{said}")
-    return int(payload["run-id"])
+        fab_bytes = build_fab_from_disk(app)
+    except Exception as exc:  # noqa: BLE001 - Flower's build errors, said as ours
+        raise ServiceError(f"building the Flower app bundle of {app} failed: {exc}") from None
+    fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+    request = StartRunRequest(
+        fab=fab_to_proto(fab),
+        override_config=user_config_to_proto(parse_config_args(list(run_config))),
+        federation=read_superlink_connection(connection).federation or "",
+    )
+    try:
+        res = client.StartRun(request)
+    except httpx.HTTPStatusError as exc:
+        raise ServiceError(f"the coordinator refused the run (HTTP "
+                           f"{exc.response.status_code}): {exc.response.text[:500]}") from None
+    if not res.HasField("run_id"):
+        raise ServiceError("the coordinator did not start the run")
+    return int(res.run_id)
 
 
 def app_config_keys(app: Path) -> set[str]:
@@ -150,13 +166,13 @@ class RunWatcher:
     def __init__(self, connection: str, flwr_home: Path) -> None:
         from coordinator.deploy.operator import control_client
 
-        self._client = control_client(connection, flwr_home)
+        self.client = control_client(connection, flwr_home)
 
     def status(self, run_id: int) -> RunStatus:
         from flwr.common.serde import run_from_proto
         from flwr.proto.control_pb2 import ListRunsRequest
 
-        res = self._client.ListRuns(ListRunsRequest(run_id=run_id))
+        res = self.client.ListRuns(ListRunsRequest(run_id=run_id))
         if run_id not in res.run_dict:
             raise ServiceError(f"the SuperLink knows no run {run_id}")
         st = run_from_proto(res.run_dict[run_id]).status
@@ -167,7 +183,7 @@ class RunWatcher:
         from flwr.common.serde import run_from_proto
         from flwr.proto.control_pb2 import ListRunsRequest
 
-        res = self._client.ListRuns(ListRunsRequest())
+        res = self.client.ListRuns(ListRunsRequest())
         out = {}
         for run_id, proto in res.run_dict.items():
             st = run_from_proto(proto).status
@@ -176,7 +192,7 @@ class RunWatcher:
         return out
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()
 
 
 @dataclass(frozen=True)
@@ -199,9 +215,8 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
     EXIT_TIMEOUT (the run goes on; ``flwr stop`` ends it)."""
     check_run_config(opts.app, opts.run_config)
     flwr_home = resolve_flwr_home(opts.flwr_home)
-    env = child_env({"FLWR_HOME": str(flwr_home)})
     previous = os.environ.get("FLWR_HOME")
-    os.environ["FLWR_HOME"] = env["FLWR_HOME"]  # for the in-process Control API client
+    os.environ["FLWR_HOME"] = str(flwr_home)  # where Flower's CLI code reads connections
     try:
         address = _address(opts.connection)
         _wait_for_coordinator(address, opts.connect_timeout, echo)
@@ -212,7 +227,7 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
         watcher = RunWatcher(opts.connection, flwr_home)
         try:
             _wait_for_turn(watcher, opts, echo)
-            run_id = start_run(opts.app, opts.connection, opts.run_config, env=env)
+            run_id = start_run(watcher.client, opts.app, opts.connection, opts.run_config)
             echo(f"started run {run_id} on {opts.connection} (Flower's run id)")
             store_id = _store_run_id(opts.db_url, run_id, wait_s=0 if opts.wait else 20)
             if store_id is None and not opts.wait:
