@@ -8,7 +8,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from coordinator.deploy.supernode import DEFAULT_POLL_S
+from coordinator.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
 
 app = typer.Typer(
     help="fedmerge: federated parameter merging on Flower 1.42.",
@@ -246,6 +246,9 @@ def worker(
     poll_interval: Annotated[float, typer.Option(
         help="Seconds the SuperNode waits between asks for work (Flower's own: 3); each ask "
              "is one small call to the coordinator.")] = DEFAULT_POLL_S,
+    idle_poll_interval: Annotated[float, typer.Option(
+        help="Longest wait between asks while no work comes (backed off to from "
+             "--poll-interval): an idle worker's cost.")] = DEFAULT_IDLE_POLL_S,
     max_retries: Annotated[int | None, typer.Option(
         help="Restarts of the SuperNode in a row without reaching the coordinator before "
              "giving up (default: never give up).")] = None,
@@ -273,7 +276,8 @@ def worker(
         auth_key=_file(auth_key, "--auth-key"), insecure=insecure,
         isolation=isolation,  # type: ignore[arg-type]
         extra_node_config=tuple(node_config or []), poll_interval=poll_interval,
-        max_retries=max_retries, retry_max_delay=retry_max_delay,
+        idle_poll_interval=idle_poll_interval, max_retries=max_retries,
+        retry_max_delay=retry_max_delay,
     )
     try:
         code = run_worker(opts, echo=lambda m: typer.echo(m, err=True))

@@ -105,7 +105,7 @@ def serve(
     parent_pid: int | None = None,
     auth_secret_file: Path | None = None,
     min_poll: float = 0.02,
-    max_poll: float = 0.25,
+    max_poll: float = 0.5,
     preload_modules: Sequence[str] = DEFAULT_PRELOAD,
 ) -> int:
     """Acquire ClientApp tasks from the SuperNode's Runtime API and run each in a forked

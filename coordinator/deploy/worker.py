@@ -45,7 +45,7 @@ from coordinator.deploy.procs import (
     ignore_stop_signals,
     raise_on_stop_signals,
 )
-from coordinator.deploy.supernode import DEFAULT_POLL_S
+from coordinator.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
 
 Isolation = Literal["warm", "subprocess"]
 
@@ -64,6 +64,7 @@ class WorkerOptions:
     isolation: Isolation = "warm"
     runtime_port: int | None = None  # the SuperNode's local Runtime API; None: a free one
     poll_interval: float = DEFAULT_POLL_S  # the SuperNode loop's longest sleep (Flower: 3 s)
+    idle_poll_interval: float = DEFAULT_IDLE_POLL_S  # ... backed off to while no message comes
     extra_node_config: tuple[str, ...] = ()  # more key=value pairs, TOML values
     max_retries: int | None = None  # SuperNode restarts in a row without connecting; None: no end
     retry_max_delay: float = 30.0  # the backoff's longest wait, seconds
@@ -129,6 +130,9 @@ def check_worker_options(opts: WorkerOptions) -> str:
     (checked before anything slow starts)."""
     if opts.poll_interval <= 0:
         raise ServiceError(f"--poll-interval {opts.poll_interval}: must be > 0")
+    if opts.idle_poll_interval < opts.poll_interval:
+        raise ServiceError(f"--idle-poll-interval {opts.idle_poll_interval}: must be >= "
+                           f"--poll-interval {opts.poll_interval}")
     if opts.max_retries is not None and opts.max_retries < 0:
         raise ServiceError(f"--max-retries {opts.max_retries}: must be >= 0")
     if opts.retry_max_delay < RETRY_FIRST_DELAY:
@@ -144,7 +148,8 @@ def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) 
     config = check_worker_options(opts)
     argv = [  # Flower's SuperNode, its loop's sleeps capped (coordinator/deploy/supernode.py)
         sys.executable, "-m", "coordinator.deploy.supernode",
-        "--poll-interval", str(opts.poll_interval), "--", "--superlink", opts.superlink,
+        "--poll-interval", str(opts.poll_interval), "--idle-poll-interval",
+        str(opts.idle_poll_interval), "--", "--superlink", opts.superlink,
         "--host", "127.0.0.1", "--port", str(runtime_port),
         "--node-config", config,
         "--isolation", "process" if opts.isolation == "warm" else "subprocess",
