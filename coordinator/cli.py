@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from coordinator.deploy.supernode import DEFAULT_POLL_S
+from coordinator.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
 
 app = typer.Typer(
     help="fedmerge: federated parameter merging on Flower 1.42.",
@@ -19,14 +19,15 @@ app = typer.Typer(
 )
 
 OutDir = Annotated[
-    Path, typer.Option("--out-dir", help="Where the database and checkpoints go.")
+    Path | None,
+    typer.Option("--out-dir", help="Where the database and checkpoints are; default "
+                 "$FEDMERGE_HOME, else ~/.fedmerge (the coordinator's default too)."),
 ]
 Db = Annotated[
     str,
     typer.Option("--db", envvar="FEDMERGE_DB_URL",
                  help="SQLAlchemy URL; default sqlite:///<out-dir>/fedmerge.db."),
 ]
-DEFAULT_OUT = Path("./fedmerge-out")
 
 
 @app.command()
@@ -43,7 +44,7 @@ def demo(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     model: Annotated[str, typer.Option(help="mlp | cnn")] = "mlp",
     seed: Annotated[int, typer.Option(help="Seed of partitions, init and local SGD.")] = 0,
-    out_dir: OutDir = DEFAULT_OUT,
+    out_dir: OutDir = None,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard while it runs.")] = True,
     port: Annotated[int, typer.Option(
@@ -64,7 +65,7 @@ def demo(
         "optimizer": optimizer, "server-lr": server_lr, "combiner": combiner,
         "partition": partition, "dirichlet-alpha": alpha, "seed": seed,
         **({"task-config": json.dumps({"model": model})} if model != "mlp" else {}),
-        "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
+        "out-dir": str(_out(out_dir)), "db": db, "min-nodes": clients,
     }
     overrides.update(_pairs(set_ or []))
     raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None,
@@ -75,14 +76,14 @@ def demo(
 def resume(
     run: Annotated[str, typer.Argument(help="Run id (or unique prefix), or 'latest'.")] = "latest",
     rounds: Annotated[int | None, typer.Option(help="New total of rounds.")] = None,
-    out_dir: OutDir = DEFAULT_OUT,
+    out_dir: OutDir = None,
     db: Db = "",
 ) -> None:
     """Resume a killed or failed simulated run from its last committed round."""
     from coordinator.demo import run_demo
 
     overrides: dict[str, object] = {
-        "resume-run": run, "out-dir": str(out_dir.expanduser().resolve()), "db": db,
+        "resume-run": run, "out-dir": str(_out(out_dir)), "db": db,
     }
     if rounds is not None:
         overrides["num-server-rounds"] = rounds
@@ -90,36 +91,38 @@ def resume(
 
 
 @app.command()
-def runs(out_dir: OutDir = DEFAULT_OUT, db: Db = "") -> None:
+def runs(out_dir: OutDir = None, db: Db = "") -> None:
     """List the runs in the store."""
     from coordinator.reports import print_runs
 
-    print_runs(db or None, out_dir)
+    print_runs(db or None, _out(out_dir))
 
 
 @app.command()
 def show(
-    run: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
-    out_dir: OutDir = DEFAULT_OUT,
+    run: Annotated[str, typer.Argument(
+        help="Run id or unique prefix, Flower's run id, or 'latest'.")],
+    out_dir: OutDir = None,
     db: Db = "",
 ) -> None:
     """Show a run's rounds."""
     from coordinator.reports import print_run
 
-    print_run(db or None, out_dir, run)
+    print_run(db or None, _out(out_dir), run)
 
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    run: Annotated[str, typer.Argument(
+        help="Run id or unique prefix, Flower's run id, or 'latest'.")],
     dest: Annotated[Path, typer.Option("--to", help="Directory to write into.")] = Path("."),
-    out_dir: OutDir = DEFAULT_OUT,
+    out_dir: OutDir = None,
     db: Db = "",
 ) -> None:
     """Write a run's final model (safetensors) and its history (CSV and JSON)."""
     from coordinator.reports import export_run
 
-    for path in export_run(db or None, out_dir, run, dest):
+    for path in export_run(db or None, _out(out_dir), run, dest):
         typer.echo(path)
 
 
@@ -134,7 +137,7 @@ def dashboard(
         typer.Option(envvar="FEDMERGE_DASHBOARD_TOKEN", help="Required on every request when "
                      "set; prefer $FEDMERGE_DASHBOARD_TOKEN (argv shows in `ps`)."),
     ] = None,
-    out_dir: OutDir = DEFAULT_OUT,
+    out_dir: OutDir = None,
     db: Db = "",
 ) -> None:
     """Serve the read-only web dashboard over the run store."""
@@ -143,7 +146,7 @@ def dashboard(
     from dashboard.settings import DashboardConfigError, InsecureBind
 
     try:
-        serve(resolve_db_url(db or None, out_dir.expanduser().resolve()), host=host,
+        serve(resolve_db_url(db or None, _out(out_dir)), host=host,
               port=port, token=token)
     except (DashboardConfigError, InsecureBind, OSError) as exc:  # one line, no secrets
         typer.echo(f"error: {exc}", err=True)
@@ -151,10 +154,33 @@ def dashboard(
 
 
 # ---- deployment: the coordinator service, workers, run submission, certificates ----
+# Every path is resolved against the caller's working directory here, before anything
+# starts (the SuperNode and the SuperLink run in their own directories).
 
-CoordOut = Annotated[
-    Path, typer.Option("--out-dir", help="Run store, checkpoints, SuperLink state, logs.")
-]
+CoordOut = Annotated[Path | None, typer.Option(
+    "--out-dir", help="Run store, checkpoints, SuperLink state, operator token, logs; "
+                      "default $FEDMERGE_HOME, else ~/.fedmerge.")]
+
+
+def _file(path: Path | None, flag: str) -> Path | None:
+    """``path`` made absolute against the working directory; exit 2 naming the flag and
+    the file when it is not there."""
+    if path is None:
+        return None
+    resolved = path.expanduser().resolve()
+    if not resolved.is_file():
+        where = "" if str(path) == str(resolved) else f" (looked for {resolved})"
+        typer.echo(f"error: {flag} {path}: no such file{where}", err=True)
+        raise typer.Exit(2)
+    return resolved
+
+
+def _dir(path: Path, flag: str) -> Path:
+    resolved = path.expanduser().resolve()
+    if not resolved.is_dir():
+        typer.echo(f"error: {flag} {path}: no such directory (looked for {resolved})", err=True)
+        raise typer.Exit(2)
+    return resolved
 
 
 @app.command()
@@ -171,24 +197,36 @@ def coordinator(
         help="With TLS: only registered SuperNode keys may join.")] = True,
     register_key: Annotated[list[Path] | None, typer.Option(
         help="SuperNode public key (OpenSSH) to register at start; repeatable.")] = None,
-    out_dir: CoordOut = Path("~/.fedmerge"),
+    out_dir: CoordOut = None,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard too.")] = True,
     dashboard_host: Annotated[str, typer.Option(help="Dashboard interface.")] = "127.0.0.1",
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8080,
     dashboard_token: Annotated[str | None, typer.Option(
-        envvar="FEDMERGE_DASHBOARD_TOKEN", help="Needed off loopback.")] = None,
+        envvar="FEDMERGE_DASHBOARD_TOKEN",
+        help="Needed off loopback; prefer the environment variable (argv shows in ps).")
+    ] = None,
 ) -> None:
-    """Run the coordinator service: Flower's SuperLink and the dashboard, until stopped."""
+    """Run the coordinator service: Flower's SuperLink and the dashboard, until stopped.
+    The Control API (run submission) takes only requests with the operator token:
+    $FEDMERGE_OPERATOR_TOKEN, else <out-dir>/operator.token (made at first start)."""
+    import os
+
+    from coordinator.deploy.operator import ENV_TOKEN
     from coordinator.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
 
+    tls = None
+    if certs is not None:
+        tls = TlsFiles.from_dir(_dir(certs, "--certs"))
+        for f in (tls.ca, tls.cert, tls.key):
+            _file(f, "--certs")
     opts = CoordinatorOptions(
-        out_dir=out_dir.expanduser().resolve(), host=host, port=port,
-        tls=TlsFiles.from_dir(certs) if certs else None, insecure=insecure,
+        out_dir=_out(out_dir), host=host, port=port, tls=tls, insecure=insecure,
         supernode_auth=supernode_auth,
-        register_keys=tuple(k.expanduser().resolve() for k in register_key or []),
+        register_keys=tuple(_file(k, "--register-key") for k in register_key or []),  # type: ignore[misc]
         db=db or None, dashboard=dashboard, dashboard_host=dashboard_host,
         dashboard_port=dashboard_port, dashboard_token=dashboard_token,
+        operator_token=os.environ.get(ENV_TOKEN) or None,
     )
     _exit_with(lambda: run_coordinator(opts, echo=lambda m: typer.echo(m, err=True)))
 
@@ -212,9 +250,9 @@ def worker(
     isolation: Annotated[str, typer.Option(
         help="warm: one long-running ClientApp process (fast); subprocess: Flower's "
              "default, a process per message.")] = "warm",
-    work_dir: Annotated[Path, typer.Option(
-        help="Flower home and logs of this worker; one per worker on a machine.")
-    ] = Path("~/.fedmerge/worker"),
+    work_dir: Annotated[Path | None, typer.Option(
+        help="Flower home and logs of this worker; one per worker on a machine (default "
+             "$FEDMERGE_HOME/worker, else ~/.fedmerge/worker).")] = None,
     node_config: Annotated[list[str] | None, typer.Option(
         help="More node config, key=value (TOML value); repeatable.")] = None,
     poll_interval: Annotated[float, typer.Option(
@@ -224,10 +262,19 @@ def worker(
         help="The task whose format --data is checked against at start (docs/tasks.md).")
     ] = "digits",
     task_config: Annotated[str, typer.Option(help="That task's settings (JSON).")] = "",
+    idle_poll_interval: Annotated[float, typer.Option(
+        help="Longest wait between asks while no work comes (backed off to from "
+             "--poll-interval): an idle worker's cost.")] = DEFAULT_IDLE_POLL_S,
+    max_retries: Annotated[int | None, typer.Option(
+        help="Restarts of the SuperNode in a row without reaching the coordinator before "
+             "giving up (default: never give up).")] = None,
+    retry_max_delay: Annotated[float, typer.Option(
+        help="Longest wait between those restarts, seconds (1, 2, 4, ... up to it).")] = 30.0,
 ) -> None:
     """Run a worker: a Flower SuperNode that trains on its data, on its GPU if it has one."""
     from coordinator.deploy.procs import ServiceError
     from coordinator.deploy.worker import WorkerOptions, run_worker
+    from coordinator.home import fedmerge_home
 
     if isolation not in ("warm", "subprocess"):
         raise typer.BadParameter("--isolation: warm or subprocess")
@@ -238,12 +285,16 @@ def worker(
             raise typer.BadParameter(f"--partition {partition!r}: expected I/N, e.g. 0/4")
         split = (int(i), int(n))
     opts = WorkerOptions(
-        superlink=coordinator, work_dir=work_dir.expanduser().resolve(),
-        data_dir=data.expanduser().resolve() if data else None, partition=split, device=device,
-        train_tensors=train_tensors, root_cert=root_cert, auth_key=auth_key, insecure=insecure,
+        superlink=coordinator,
+        work_dir=work_dir.expanduser().resolve() if work_dir else fedmerge_home() / "worker",
+        data_dir=_dir(data, "--data") if data else None, partition=split, device=device,
+        train_tensors=train_tensors, root_cert=_file(root_cert, "--root-cert"),
+        auth_key=_file(auth_key, "--auth-key"), insecure=insecure,
         isolation=isolation,  # type: ignore[arg-type]
         extra_node_config=tuple(node_config or []), poll_interval=poll_interval,
         task=task, task_config=task_config,
+        idle_poll_interval=idle_poll_interval, max_retries=max_retries,
+        retry_max_delay=retry_max_delay,
     )
     try:
         code = run_worker(opts, echo=lambda m: typer.echo(m, err=True))
@@ -263,24 +314,53 @@ def submit(
         help="HOST:PORT: (re)write the connection first.")] = None,
     root_cert: Annotated[Path | None, typer.Option(help="CA certificate (TLS).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP.")] = False,
-    app_dir: Annotated[Path, typer.Option("--app", help="The Flower app (pyproject.toml).")
-                       ] = Path("."),
+    app_dir: Annotated[Path, typer.Option(
+        "--app", help="The Flower app to send: fedmerge's checkout (its pyproject.toml).")
+    ] = Path("."),
     wait: Annotated[bool, typer.Option(help="Follow the run to its end.")] = True,
+    queue: Annotated[bool, typer.Option(
+        "--queue", help="Wait until no other run is active on the coordinator.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Stop waiting after S seconds.")] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for a coordinator that is still starting.")] = 60.0,
+    operator_token_file: Annotated[Path | None, typer.Option(
+        help="File with the coordinator's operator token (default: $FEDMERGE_OPERATOR_TOKEN, "
+             "else this machine's coordinator's <out-dir>/operator.token).")] = None,
+    out_dir: OutDir = None,
+    db: Db = "",
 ) -> None:
     """Start a run on the coordinator; exit 0 only if it completed (1 failed, 3 timeout)."""
+    import os
+
+    from coordinator.deploy.operator import ENV_TOKEN, client_token
+    from coordinator.deploy.submit import SubmitOptions, write_connection
     from coordinator.deploy.submit import submit as submit_run
-    from coordinator.deploy.submit import write_connection
+    from coordinator.store import resolve_db_url
+
+    cert = _file(root_cert, "--root-cert")
+    token_file = _file(operator_token_file, "--operator-token-file")
+    app_path = _dir(app_dir, "--app")
+    items = [_toml_arg(item) for item in run_config or []]
 
     def start() -> int:
         if superlink is not None:
-            write_connection(connection, address=superlink,
-                             root_cert=root_cert.expanduser().resolve() if root_cert else None,
-                             insecure=insecure)
-        return submit_run(app_dir, connection, run_config or [], wait=wait, timeout=timeout,
-                          echo=typer.echo)
+            write_connection(connection, address=superlink, root_cert=cert, insecure=insecure)
+        opts = SubmitOptions(
+            app=app_path, connection=connection, run_config=tuple(items), wait=wait,
+            queue=queue, timeout=timeout, connect_timeout=connect_timeout,
+            operator_token=client_token(os.environ.get(ENV_TOKEN), token_file),
+            db_url=resolve_db_url(db or None, _out(out_dir)),
+        )
+        return submit_run(opts, echo=typer.echo)
 
     _exit_with(start)
+
+
+def _toml_arg(item: str) -> str:
+    """A ``-c file.toml`` argument, resolved against the working directory."""
+    if item.strip().endswith(".toml") and "=" not in item:
+        return str(_file(Path(item.strip()), "--run-config"))
+    return item
 
 
 @app.command()
@@ -316,6 +396,13 @@ def _exit_with(service: Callable[[], int]) -> NoReturn:
         typer.echo(f"error: {exc}", err=True)
         code = 2
     raise typer.Exit(code)
+
+
+def _out(out_dir: Path | None) -> Path:
+    """--out-dir resolved against the working directory, or fedmerge's home."""
+    from coordinator.home import out_dir_or_home
+
+    return out_dir_or_home(out_dir)
 
 
 def _pairs(items: list[str]) -> dict[str, object]:

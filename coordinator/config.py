@@ -111,7 +111,9 @@ class MergeConfig(BaseModel):
 
     @property
     def out_path(self) -> Path:
-        return Path(self.out_dir).expanduser().resolve()
+        from coordinator.home import out_dir_or_home
+
+        return out_dir_or_home(self.out_dir)  # the default follows $FEDMERGE_HOME
 
     def as_run_config(self) -> dict[str, Any]:
         """The hyphenated mapping, as Flower's run_config has it."""

@@ -28,8 +28,9 @@ DEPLOY_ENV = {
 # Flower exit codes worth a hint (flwr/supercore/exit/exit_code.py)
 EXIT_HINTS = {
     305: "the SuperLink refused this SuperNode: with SuperNode authentication on, register "
-         "its public key on the coordinator (`fedmerge coordinator --register-key node.pub` "
-         "or `flwr supernode register node.pub <connection>`)",
+         "its public key on the coordinator (`fedmerge coordinator --register-key node.pub`, "
+         "or `flwr supernode register node.pub fedmerge-coordinator` on a running one: "
+         "docs/deployment.md)",
 }
 Echo = Callable[[str], None]
 
@@ -132,11 +133,20 @@ class Supervisor:
                                    f"after {timeout:.0f} s\n{child.tail()}")
             time.sleep(0.1)
 
-    def supervise(self, *, poll: float = 0.5) -> Child:
-        """Block until a child ends (returns it) or a stop signal arrives (``Stopped``)."""
+    def supervise(self, *, poll: float = 0.5, tick: Callable[[], None] | None = None) -> Child:
+        """Block until a child ends (returns it) or a stop signal arrives (``Stopped``);
+        ``tick`` is called every ``poll`` seconds meanwhile."""
         while (ended := self.exited()) is None:
+            if tick is not None:
+                tick()
             time.sleep(poll)
         return ended
+
+    def forget(self, child: Child) -> None:
+        """Drop a child that has ended (closing its log), e.g. before starting it again."""
+        self.children.remove(child)
+        if child._log is not None:
+            child._log.close()
 
     def stop(self, *, grace: float = 10.0) -> None:
         """SIGTERM to every child still running, SIGKILL to those left after ``grace``."""
@@ -176,12 +186,17 @@ def flwr_executable(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def flwr_exit_code(child: Child) -> int | None:
+    """Flower's own exit code: it exits 1 on every error and logs "Exit Code: 305"."""
+    found = re.findall(r"Exit Code: (\d+)", child.tail(40))
+    return int(found[-1]) if found else None
+
+
 def describe_exit(child: Child) -> str:
     """How a child ended, with the tail of its log and a hint for Flower's exit codes."""
     tail = child.tail()
-    # Flower exits 1 on every error; its own code is in the log ("Exit Code: 305").
-    flwr_code = re.search(r"Exit Code: (\d+)", tail)
-    hint = EXIT_HINTS.get(int(flwr_code.group(1)), "") if flwr_code else ""
+    flwr_code = flwr_exit_code(child)
+    hint = EXIT_HINTS.get(flwr_code, "") if flwr_code else ""
     return (f"{child.name} exited with code {child.popen.returncode}"
             + (f": {hint}" if hint else "") + f"\n{tail}")
 

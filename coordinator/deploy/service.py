@@ -7,12 +7,16 @@ its own state database and Flower home under the out dir, and the store's URL in
 ``FEDMERGE_DB_URL`` so the ServerApp writes where the dashboard reads.
 
 TLS (and SuperNode authentication, which Flower only allows over TLS) when certificate
-paths are given; plain HTTP only with an explicit ``insecure``.
+paths are given; plain HTTP only with an explicit ``insecure``. The SuperLink runs through
+coordinator/deploy/superlink.py: the Control API takes only requests that carry the
+operator token (``<out-dir>/operator.token``), and off loopback only the Fleet and Control
+routes are served.
 """
 
 from __future__ import annotations
 
-import subprocess
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,6 @@ from coordinator.deploy.procs import (
     ServiceError,
     Supervisor,
     child_env,
-    flwr_executable,
     run_supervised,
     split_address,
 )
@@ -66,10 +69,16 @@ class CoordinatorOptions:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080
     dashboard_token: str | None = None
+    operator_token: str | None = None  # None: keep (or make) <out-dir>/operator.token
 
     @property
     def state_dir(self) -> Path:
         return self.out_dir / "superlink"
+
+    @property
+    def cli_home(self) -> Path:
+        """The Flower home of the coordinator's own Control API calls."""
+        return self.state_dir / "cli"
 
     @property
     def local_address(self) -> str:
@@ -112,8 +121,9 @@ def check_options(opts: CoordinatorOptions) -> list[str]:
 
 
 def superlink_argv(opts: CoordinatorOptions) -> list[str]:
-    argv = [
-        flwr_executable("flower-superlink"), "--host", opts.host, "--port", str(opts.port),
+    argv = [  # Flower's SuperLink behind the operator token (coordinator/deploy/superlink.py)
+        sys.executable, "-m", "coordinator.deploy.superlink", "--",
+        "--host", opts.host, "--port", str(opts.port),
         "--database", str(opts.state_dir / "state.db"),
         "--disable-runtime-dependency-installation",
     ]
@@ -134,28 +144,47 @@ def _prepare_store(opts: CoordinatorOptions) -> str:
     return url
 
 
-def register_supernode_keys(
-    opts: CoordinatorOptions, flwr_home: Path, echo: Echo, *, timeout: float = 60.0
-) -> None:
-    """``flwr supernode register`` each public key (one already registered is fine)."""
+def write_cli_connection(opts: CoordinatorOptions, token_file: Path) -> None:
+    """The coordinator's own Flower CLI connection, ``fedmerge-coordinator`` in
+    ``<out-dir>/superlink/cli``, with the operator token: what it registers keys with, and
+    what an operator on this machine can use with ``flwr`` (docs/deployment.md)."""
+    from coordinator.deploy.operator import store_for_flwr_cli
     from coordinator.deploy.submit import write_connection
+    from coordinator.deploy.superlink import read_token
+
+    write_connection(CLI_CONNECTION, address=opts.local_address,
+                     root_cert=opts.tls.ca if opts.tls else None, insecure=opts.tls is None,
+                     flwr_home=opts.cli_home)
+    store_for_flwr_cli(opts.cli_home, opts.local_address, read_token(token_file))
+
+
+def register_supernode_keys(opts: CoordinatorOptions, token_file: Path, echo: Echo) -> None:
+    """Register each public key through the Control API, in this process (a `flwr
+    supernode register` process per key took 5-40 s on a loaded machine); a key
+    registered before is fine."""
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    from coordinator.deploy.operator import token_client
+    from coordinator.deploy.superlink import read_token
 
     assert opts.tls is not None
-    write_connection(CLI_CONNECTION, address=opts.local_address, root_cert=opts.tls.ca,
-                     flwr_home=flwr_home)
-    env = child_env({"FLWR_HOME": str(flwr_home)})
-    for key in opts.register_keys:
-        done = subprocess.run(
-            [flwr_executable("flwr"), "supernode", "register", str(key), CLI_CONNECTION],
-            env=env, capture_output=True, text=True, timeout=timeout,
-        )
-        out = done.stdout + done.stderr
-        if done.returncode == 0:
-            echo(f"registered SuperNode key {key}")
-        elif "already in use" in out:
-            echo(f"SuperNode key {key} was registered before")
-        else:
-            raise ServiceError(f"flwr supernode register {key} failed:\n{out.strip()}")
+    client = token_client(opts.local_address, root_cert=opts.tls.ca,
+                          token=read_token(token_file))
+    try:
+        for key in opts.register_keys:
+            try:
+                public = try_load_public_key(key)
+                res = client.RegisterNode(RegisterNodeRequest(public_key=public))
+            except Exception as exc:  # noqa: BLE001 - Flower's errors: said with the key
+                if "already in use" in str(exc) or "already" in getattr(
+                        getattr(exc, "response", None), "text", ""):
+                    echo(f"SuperNode key {key} was registered before")
+                    continue
+                raise ServiceError(f"registering SuperNode key {key} failed: {exc}") from None
+            echo(f"registered SuperNode key {key} (node id {res.node_id})")
+    finally:
+        client.close()
 
 
 def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> object | None:
@@ -177,13 +206,22 @@ def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> objec
 def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
                     startup_timeout: float = 120.0) -> int:
     """Run until SIGTERM/SIGINT (returns 0) or until the SuperLink dies (returns 1)."""
+    from coordinator.deploy.operator import coordinator_token_file
+    from coordinator.deploy.superlink import ENV_TOKEN_FILE
+    from coordinator.home import ENV_HOME
+
     for warning in check_options(opts):
         echo(warning)
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    for private in (opts.out_dir, opts.state_dir):
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o700)
+    token_file = coordinator_token_file(opts.out_dir, opts.operator_token)
     db_url = _prepare_store(opts)
     env = child_env({
         "FEDMERGE_DB_URL": db_url,  # the ServerApp's store unless a run sets `db`
+        ENV_HOME: str(opts.out_dir),  # a run's default out-dir (checkpoints)
         "FLWR_HOME": str(opts.state_dir / "flwr-home"),  # FABs the ServerApps run from
+        ENV_TOKEN_FILE: str(token_file),
     })
     supervisor = Supervisor(opts.out_dir / "logs")
     dashboard: list[object] = []  # the uvicorn server, once started
@@ -196,8 +234,10 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
         scheme = "TLS" if opts.tls else "plain HTTP"
         echo(f"SuperLink ({scheme}) on {opts.host}:{opts.port}, pid {superlink.pid}, "
              f"log {superlink.log_path}")
+        echo(f"operator token (needed by `fedmerge submit` and `flwr` commands): {token_file}")
+        write_cli_connection(opts, token_file)
         if opts.register_keys:
-            register_supernode_keys(opts, opts.state_dir / "cli", echo)
+            register_supernode_keys(opts, token_file, echo)
         if opts.dashboard and (server := _start_dashboard(opts, db_url, echo)) is not None:
             dashboard.append(server)
         echo(f"run store: {db_url}")

@@ -6,8 +6,9 @@ SuperLink has no message for it and 0.5 s between looks for the ClientApp's repl
 option to change either. A round sends each node two messages (train, evaluate), so those
 sleeps were most of a deployment round here (docs/deployment.md: 9.1 s a round, of which
 the work is under 1 s). This entry point runs the very same SuperNode with every sleep in
-that module capped at ``--poll-interval``; each poll is one small gRPC call to the
-SuperLink, so hundreds of workers may want a longer interval than a handful.
+that module capped at ``--poll-interval``, backing off to ``--idle-poll-interval`` while no
+message comes (an idle worker's cost); each poll is one small call to the SuperLink, so
+hundreds of workers may want longer intervals than a handful.
 """
 
 from __future__ import annotations
@@ -22,20 +23,39 @@ from typing import Any
 DEFAULT_POLL_S = 0.2
 
 
-class CappedSleep:
-    """The ``time`` module as the SuperNode's loop sees it, with ``sleep`` capped."""
+IDLE_SLEEP_S = 3.0  # what Flower's loop sleeps when the SuperLink had no message for it
+DEFAULT_IDLE_POLL_S = 1.0
+IDLE_GROWTH = 1.5
 
-    def __init__(self, cap: float) -> None:
+
+class CappedSleep:
+    """The ``time`` module as the SuperNode's loop sees it, with ``sleep`` capped.
+
+    Flower's idle wait (``sleep(3)``: no message for this node) is capped at ``cap`` right
+    after activity and backs off by 1.5x per idle poll to ``idle_cap``; any other sleep of
+    the loop (waiting for the ClientApp's reply) is activity: capped at ``cap``, and the
+    next idle wait starts from ``cap`` again. Between the rounds of a run the node polls
+    every ``cap`` seconds; a worker with no run polls every ``idle_cap`` seconds."""
+
+    def __init__(self, cap: float, idle_cap: float | None = None) -> None:
         self.cap = cap
+        self.idle_cap = max(cap, idle_cap if idle_cap is not None else cap)
+        self._idle_wait = cap
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        if seconds >= IDLE_SLEEP_S:
+            wait = min(seconds, self._idle_wait)
+            self._idle_wait = min(self.idle_cap, self._idle_wait * IDLE_GROWTH)
+        else:
+            wait = min(seconds, self.cap)
+            self._idle_wait = self.cap
+        time.sleep(wait)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-def cap_supernode_sleeps(cap: float) -> bool:
+def cap_supernode_sleeps(cap: float, idle_cap: float | None = None) -> bool:
     """Patch the SuperNode's loop; False (and a warning) if this Flower has no such loop."""
     from flwr.supernode import start_client_internal
 
@@ -44,7 +64,7 @@ def cap_supernode_sleeps(cap: float) -> bool:
         warnings.warn(f"this Flower's SuperNode loop ({loop.__file__}) has changed: "
                       "keeping its own poll interval", stacklevel=2)
         return False
-    loop.time = CappedSleep(cap)  # type: ignore[attr-defined]
+    loop.time = CappedSleep(cap, idle_cap)  # type: ignore[attr-defined]
     return True
 
 
@@ -52,13 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_S,
                         help="longest sleep of the SuperNode's loop, in seconds")
+    parser.add_argument("--idle-poll-interval", type=float, default=DEFAULT_IDLE_POLL_S,
+                        help="longest idle wait, reached by backing off from --poll-interval")
     parser.add_argument("supernode_args", nargs=argparse.REMAINDER,
                         help="-- then flower-supernode's own arguments")
     args = parser.parse_args(argv)
     if args.poll_interval <= 0:
         parser.error("--poll-interval must be > 0")
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
-    cap_supernode_sleeps(args.poll_interval)
+    cap_supernode_sleeps(args.poll_interval, args.idle_poll_interval)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]  # it parses sys.argv itself

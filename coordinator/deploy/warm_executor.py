@@ -12,7 +12,7 @@ dropped from ``sys.modules`` after the preload, so each task runs the code of it
 the code installed on the worker.
 
     python -m coordinator.deploy.warm_executor --runtime-api-address 127.0.0.1:9094 \
-        --insecure --parent-pid <supernode pid> [--superexec-auth-secret-file F]
+        --insecure --parent-pid <worker pid> [--superexec-auth-secret-file F]
 
 POSIX only (os.fork). The parent never runs a torch op or touches CUDA, so each child
 initialises both itself.
@@ -105,13 +105,13 @@ def serve(
     parent_pid: int | None = None,
     auth_secret_file: Path | None = None,
     min_poll: float = 0.02,
-    max_poll: float = 0.25,
+    max_poll: float = 0.5,
     preload_modules: Sequence[str] = DEFAULT_PRELOAD,
 ) -> int:
     """Acquire ClientApp tasks from the SuperNode's Runtime API and run each in a forked
     child, one at a time (a SuperNode hands out one message at a time). Polls every
-    ``min_poll`` s after a task, backing off to ``max_poll``. Returns when the SuperNode
-    (``parent_pid``) is gone."""
+    ``min_poll`` s after a task, backing off to ``max_poll``. Returns when its parent
+    (``parent_pid``: the worker, whose SuperNode may be restarted meanwhile) is gone."""
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: I001
     from flwr.supercore.constant import TaskType
@@ -164,7 +164,7 @@ def serve(
                      os.waitstatus_to_exitcode(status))
     finally:
         client.close()
-    log.info("SuperNode %s is gone; stopping", parent_pid)
+    log.info("parent %s is gone; stopping", parent_pid)
     return 0
 
 

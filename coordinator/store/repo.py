@@ -127,11 +127,18 @@ def latest_unfinished_run(s: Session) -> RunRow | None:
 
 
 def get_run(s: Session, run_id: str) -> RunRow | None:
-    """The run with this id or unique id prefix (like git); None if none matches."""
+    """The run with this id, Flower run id, or unique id prefix (like git), or the newest
+    run for 'latest'; None if none matches."""
     run_id = run_id.strip().lower()
     if not run_id:
         return None
+    if run_id == "latest":
+        return s.scalars(select(RunRow).order_by(RunRow.started_at.desc()).limit(1)).first()
     if (run := s.get(RunRow, run_id)) is not None:
+        return run
+    if run_id.isdigit() and (run := s.scalars(  # Flower's run id, as `fedmerge submit` says it
+            select(RunRow).where(RunRow.flower_run_id == run_id)
+            .order_by(RunRow.started_at.desc()).limit(1)).first()) is not None:
         return run
     if run_id.strip("0123456789abcdef"):  # ids are hex: anything else can't match
         return None

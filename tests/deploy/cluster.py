@@ -63,11 +63,14 @@ class LocalCluster:
         self.tag = uuid.uuid4().hex
         self.flwr_home = root / "flwr-cli"
         self.env = {k: v for k, v in os.environ.items() if k != "FEDMERGE_DB_URL"}
+        self.out_dir = root / "coord"
+        # fedmerge's home is the coordinator's out dir, as on a coordinator machine with the
+        # defaults: `fedmerge submit` finds the operator token and the store there.
         self.env.update({TAG: self.tag, "FLWR_HOME": str(self.flwr_home),
-                         "PYTHONUNBUFFERED": "1"})
+                         "PYTHONUNBUFFERED": "1", "FEDMERGE_HOME": str(self.out_dir)})
+        self.env.pop("FEDMERGE_OPERATOR_TOKEN", None)
         self.procs: list[Proc] = []
         self.port = free_port()
-        self.out_dir = root / "coord"
 
     @property
     def address(self) -> str:
@@ -85,9 +88,10 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def start_coordinator(self, *args: str, dashboard_port: int | None = None) -> Proc:
+    def start_coordinator(self, *args: str, dashboard_port: int | None = None,
+                          name: str = "coordinator") -> Proc:
         dash = ["--dashboard-port", str(dashboard_port)] if dashboard_port else ["--no-dashboard"]
-        return self._spawn("coordinator", [
+        return self._spawn(name, [
             "coordinator", "--port", str(self.port), "--out-dir", str(self.out_dir), *dash,
             *args,
         ])

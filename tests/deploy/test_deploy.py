@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,9 @@ from client.data import digits_split
 from client.local_data import write_local_data
 from coordinator.certs import make_certs
 from coordinator.deploy.procs import flwr_executable, free_port
+from coordinator.deploy.submit import write_connection
 from coordinator.store import make_engine, make_session_factory, repo
-from tests.deploy.cluster import LocalCluster
+from tests.deploy.cluster import REPO, LocalCluster
 
 pytestmark = pytest.mark.deployment
 
@@ -98,7 +100,7 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_worker(cluster: LocalClus
                              "--node-config", "partition-id=1"),
     ]
     intruder = cluster.start_worker("intruder", *tls, "--auth-key", str(k2), "--partition",
-                                    "0/2", "--isolation", "subprocess")
+                                    "0/2", "--isolation", "subprocess", "--max-retries", "0")
     for w in workers:
         cluster.wait_worker(w)
     try:
@@ -117,11 +119,29 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_worker(cluster: LocalClus
     run = stored_run(cluster.db_url)
     assert run.status == "completed"
     assert [r.status for r in run.rounds] == ["committed", "committed"]
+    _control_api_refuses_a_client_without_the_token(cluster, certs.ca_cert)
     registered = _registered_node_ids(cluster)
     assert len(registered) == 2
     assert {u.node_id for u in run.updates} == registered
     assert all(u.accepted for u in run.updates)
     assert {u.partition_id: u.num_examples for u in run.updates}[1] == 400  # its train.npz
+
+
+def _control_api_refuses_a_client_without_the_token(cluster: LocalCluster, ca: Path) -> None:
+    """Issue 13's probe: the public CA certificate alone, no operator token."""
+    home = cluster.root / "stranger"
+    write_connection("c", address=cluster.address, root_cert=ca, flwr_home=home)
+    env = {**cluster.env, "FLWR_HOME": str(home)}
+    superlink_log = cluster.out_dir / "logs" / "superlink.log"
+    runs_before = superlink_log.read_text(errors="replace").count("Created run")
+    for argv in (["list", "c"], ["run", str(REPO), "c"], ["supernode", "list", "c"]):
+        done = subprocess.run([flwr_executable("flwr"), *argv], env=env, capture_output=True,
+                              text=True, timeout=120)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0 and "Authentication failed" in out, (argv, out)
+    log = superlink_log.read_text(errors="replace")
+    assert '"POST /v1/control/list-runs HTTP/1.1" 401' in log
+    assert log.count("Created run") == runs_before  # the refused submission made no run
 
 
 def _registered_node_ids(cluster: LocalCluster) -> set[str]:

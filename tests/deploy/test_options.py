@@ -146,7 +146,9 @@ def test_worker_runs_flowers_supernode_with_its_sleeps_capped(tmp_path: Path) ->
     opts = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
                          poll_interval=0.3)
     argv = supernode_argv(opts, 5000, None)
-    assert argv[1:6] == ["-m", "coordinator.deploy.supernode", "--poll-interval", "0.3", "--"]
+    assert argv[1:5] == ["-m", "coordinator.deploy.supernode", "--poll-interval", "0.3"]
+    assert argv[argv.index("--idle-poll-interval") + 1] == "1.0"
+    assert argv.index("--idle-poll-interval") < argv.index("--") < argv.index("--superlink")
     assert argv[argv.index("--superlink") + 1] == "h:1"
     with pytest.raises(ServiceError, match="--poll-interval"):
         supernode_argv(WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
@@ -170,6 +172,15 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
     assert loop.time.time is time.time and loop.time.monotonic is time.monotonic
     time.sleep(5)  # the time module itself is untouched: no cap elsewhere
     assert slept[-1] == 5
+
+    slept.clear()
+    monkeypatch.setattr(loop, "time", time)
+    assert supernode.cap_supernode_sleeps(0.2, idle_cap=1.0)
+    for _ in range(6):  # no message for a while: backs off to the idle cap
+        loop.time.sleep(3)
+    loop.time.sleep(0.5)  # waiting for a reply: activity
+    loop.time.sleep(3)
+    assert slept == pytest.approx([0.2, 0.3, 0.45, 0.675, 1.0, 1.0, 0.2, 0.2])
 
     monkeypatch.setattr(loop, "time", object())  # a Flower whose loop changed
     with pytest.warns(UserWarning, match="keeping its own poll interval"):
