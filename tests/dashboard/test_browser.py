@@ -329,3 +329,27 @@ def test_a_page_whose_server_has_gone_says_so(
     expect(gone).to_be_visible(timeout=15_000)
     expect(gone).to_contain_text("The dashboard stopped")
     expect(gone).to_contain_text("fedmerge dashboard --out-dir /srv/fedmerge-out")
+
+
+def test_tags_and_notes_saved_from_the_page(
+    page: Page, file_store: tuple[str, sessionmaker[Session]]
+) -> None:
+    url, writer = file_store
+    with writer.begin() as s:
+        run_id = factories.create_run(s, name="to-tag")
+    base, server = _serve(url, token=TOKEN)
+    try:
+        page.goto(f"{base}/runs/{run_id}?token={TOKEN}")
+        form = page.locator("#annotations-form")
+        form.get_by_label("Tags (comma-separated)").fill("baseline, lr-sweep")
+        form.get_by_label("Notes").fill("diverges after round 3")
+        form.get_by_role("button", name="Save").click()
+        expect(page.locator("#annotations-status")).to_have_text("saved")
+        page.goto(f"{base}/?q=lr-sweep")
+        expect(page.locator("#runs tbody tr")).to_have_count(1)
+        expect(page.locator("#runs .run-tag")).to_have_text(["baseline", "lr-sweep"])
+    finally:
+        server.should_exit = True
+    with writer() as s:
+        run = s.get(RunRow, run_id)
+        assert run is not None and run.notes == "diverges after round 3"
