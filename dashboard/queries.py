@@ -208,6 +208,15 @@ def _workers(s: Session, run_ids: list[str]) -> dict[str, list[WorkerPublic]]:
     return out
 
 
+def filter_choices(s: Session) -> dict[str, list[str]]:
+    """The values the runs list can be filtered by: every status, optimizer, combiner."""
+    return {
+        name: list(s.scalars(select(distinct(column)).order_by(column)))
+        for name, column in (("status", RunRow.status), ("optimizer", RunRow.optimizer),
+                             ("combiner", RunRow.combiner))
+    }
+
+
 def list_runs(s: Session, query: RunQuery | None = None) -> RunsPublic:
     """The runs that match ``query``, sorted, one page of them; running runs with workers."""
     query = query or RunQuery(per_page=500)

@@ -53,6 +53,12 @@ def run_query(
 RunQueryDep = Annotated[queries.RunQuery, Depends(run_query)]
 
 
+@router.get("/ping")
+def ping() -> dict[str, str]:
+    """Whether the dashboard is up (pages poll it to say when it has stopped); no store read."""
+    return {"status": "ok"}
+
+
 @router.get("/runs", response_model=RunsPublic)
 def read_runs(session: SessionDep, query: RunQueryDep) -> RunsPublic:
     """Runs, newest first, 25 a page; ``q`` (name, id, tags, notes), ``status``, ``task``,

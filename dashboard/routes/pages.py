@@ -35,17 +35,13 @@ def _by_round(evals: list[EvaluationPublic]) -> dict[int, dict[str, EvaluationPu
 def runs_page(
     request: Request, session: SessionDep, templates: TemplatesDep, query: RunQueryDep
 ) -> Response:
-    everything = queries.list_runs(session).data  # the filters' choices
     return templates.TemplateResponse(
         request=request,
         name="runs.html",
         context={
             "listing": queries.list_runs(session, query),
             "query": query,
-            "choices": {
-                field: sorted({getattr(r, field) for r in everything})
-                for field in ("status", "optimizer", "combiner")
-            },
+            "choices": queries.filter_choices(session),
             "sort_keys": queries.SORT_KEYS,
         },
         headers=NO_STORE,

@@ -191,9 +191,9 @@
       },
       axes: [
         { ...axis, label: rounds ? "round" : elapsed ? "seconds since start" : "time",
-          ...(rounds ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, vs) => vs.map((v) => String(Math.round(v))) } : {}),
-          ...(elapsed && !rounds ? { values: (u, vs) => vs.map((v) => `${Math.round(v)} s`) } : {}) },
-        { ...axis, size: 60, values: (u, vs) => vs.map((v) => (spec.percent && !state.log ? `${Math.round(100 * v)}%` : `${+v.toPrecision(3)}`)) },
+          ...(rounds ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, vs) => vs.map((v) => (v == null ? "" : String(Math.round(v)))) } : {}),
+          ...(elapsed && !rounds ? { values: (u, vs) => vs.map((v) => (v == null ? "" : `${Math.round(v)} s`)) } : {}) },
+        { ...axis, size: 60, values: (u, vs) => vs.map((v) => (v == null ? "" : spec.percent && !state.log ? `${Math.round(100 * v)}%` : `${+v.toPrecision(3)}`)) },
       ],
       series: [
         { label: rounds ? "round" : "time", value: (u, v) => (v === null ? "–" : rounds ? String(v) : elapsed ? `${Math.round(v)} s` : new Date(v * 1000).toLocaleTimeString()) },
@@ -242,7 +242,11 @@
     tools.querySelector("[data-smooth]").addEventListener("input", (e) => { state.smooth = Number(e.target.value); draw(); });
   }
   let resizeTimer = null;
-  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 200); });
+  const widthChanged = () => Array.from(built, ([el, plot]) => Math.abs(el.clientWidth - plot.width) > 8).some(Boolean);
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (widthChanged()) draw(); }, 200);
+  });
   document.addEventListener("fedmerge:changed", load);
   load();
 })();

@@ -113,7 +113,7 @@ def test_openapi_documents_the_api_whose_only_write_is_annotations(
 ) -> None:
     paths = real_client.get("/openapi.json").json()["paths"]
     assert set(paths) == {
-        "/api/runs", "/api/compare", "/api/runs/{run_id}/annotations",
+        "/api/runs", "/api/ping", "/api/compare", "/api/runs/{run_id}/annotations",
         *(f"/api/runs/{{run_id}}{s}" for s in READS),
     }
     writes = {path for path, methods in paths.items() if set(methods) != {"get"}}

@@ -10,7 +10,8 @@ from tests.dashboard import factories
 from tests.dashboard.conftest import TOKEN, AppFactory
 
 PROTECTED = ("/", "/runs/{run}", "/runs/{run}/plots/accuracy.svg", "/api/runs",
-             "/api/runs/{run}", "/api/runs/{run}/rounds", "/openapi.json", "/no/such/page")
+             "/api/runs/{run}", "/api/runs/{run}/rounds", "/api/ping", "/openapi.json",
+             "/no/such/page")
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ if not CHROMIUM.exists():
                     "(apt-get install chromium)", pytrace=False)
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,22 @@ def _svg_points(svg: str, gid: str) -> int:
     group = ET.fromstring(svg).find(f".//{SVG_NS}g[@id='{gid}']")
     assert group is not None, gid
     return len(group.findall(f".//{SVG_NS}use"))
+
+
+def _hover(page: Page, over: Locator, value: Locator, at: float) -> str:
+    """Hover a chart at ``at`` (0 = left edge, 1 = right) until its legend shows a value
+    (a chart redrawn under the pointer, e.g. when a scrollbar appears, needs a new move)."""
+    for _ in range(50):
+        box = over.bounding_box()
+        if box and box["width"] > 0:
+            x = box["x"] + min(max(box["width"] * at, 2), box["width"] - 3)
+            page.mouse.move(x - 5, box["y"] + box["height"] / 2)
+            page.mouse.move(x, box["y"] + box["height"] / 2)
+            text = value.inner_text().strip()
+            if text and text[0].isdigit():
+                return text
+        page.wait_for_timeout(100)
+    pytest.fail(f"hovering the chart showed no value (legend: {value.inner_text()!r})")
 
 
 def _serve(db_url: str, token: str | None = None) -> tuple[str, uvicorn.Server]:
@@ -235,12 +251,8 @@ def test_hovering_a_plot_shows_a_value(page: Page, two_runs: tuple[str, list[str
     expect(over).to_be_visible()
     central = page.locator('.chart[data-chart="accuracy"] .u-legend .u-series', has_text="central")
     value = central.locator(".u-value")
-    box = over.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    expect(value).to_have_text(re.compile(r"^\d+(\.\d)?%$"))
-    page.mouse.move(box["x"] + 2, box["y"] + box["height"] * 0.5)  # round 0: the initial model
-    expect(value).to_have_text("10.0%")
+    assert re.fullmatch(r"\d+(\.\d)?%", _hover(page, over, value, 0.5))
+    assert _hover(page, over, value, 0.0) == "10.0%"  # round 0: the initial model
 
 
 def test_two_runs_overlaid_with_config_differences_highlighted(
@@ -353,3 +365,26 @@ def test_tags_and_notes_saved_from_the_page(
     with writer() as s:
         run = s.get(RunRow, run_id)
         assert run is not None and run.notes == "diverges after round 3"
+
+
+def test_smoothing_and_log_scale_redraw_the_curves(
+    page: Page, two_runs: tuple[str, list[str]]
+) -> None:
+    base, (alpha, _) = two_runs
+    page.goto(f"{base}/runs/{alpha}")
+    chart = page.locator('.chart[data-chart="loss"]')
+    value = chart.locator(".u-legend .u-series", has_text="central loss").locator(".u-value")
+    over = chart.locator(".u-over")
+    expect(over).to_be_visible()
+
+    def hover_round_40() -> str:
+        return _hover(page, over, value, 1.0)
+
+    raw = hover_round_40()
+    assert float(raw) == pytest.approx(2.0 / 41, rel=1e-3)  # the factory's central loss
+    page.locator("[data-smooth]").fill("0.9")
+    smoothed = hover_round_40()
+    assert float(smoothed) > float(raw)  # the average still carries the early, higher losses
+    page.locator("[data-log]").check()
+    expect(chart.locator("canvas")).to_have_count(1)
+    assert float(hover_round_40()) == pytest.approx(float(smoothed), rel=1e-3)
