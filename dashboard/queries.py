@@ -211,7 +211,7 @@ def _workers(s: Session, run_ids: list[str]) -> dict[str, list[WorkerPublic]]:
 def filter_choices(s: Session) -> dict[str, list[str]]:
     """The values the runs list can be filtered by: every status, optimizer, combiner."""
     return {
-        name: list(s.scalars(select(distinct(column)).order_by(column)))
+        name: list(s.scalars(select(column).distinct().order_by(column)))
         for name, column in (("status", RunRow.status), ("optimizer", RunRow.optimizer),
                              ("combiner", RunRow.combiner))
     }
