@@ -247,6 +247,7 @@
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => { if (widthChanged()) draw(); }, 200);
   });
+  window.fedmerge = Object.assign(window.fedmerge || {}, { charts: built });  // for tests and the console
   document.addEventListener("fedmerge:changed", load);
   load();
 })();

@@ -388,3 +388,23 @@ def test_smoothing_and_log_scale_redraw_the_curves(
     page.locator("[data-log]").check()
     expect(chart.locator("canvas")).to_have_count(1)
     assert float(hover_round_40()) == pytest.approx(float(smoothed), rel=1e-3)
+
+
+def test_a_starting_run_draws_whole_rounds_and_no_negative_seconds(
+    page: Page, file_store: tuple[str, sessionmaker[Session]]
+) -> None:
+    url, writer = file_store
+    with writer.begin() as s:  # only the initial model's evaluation so far
+        run_id = factories.create_run(s, rounds_planned=5)
+    base, server = _serve(url)
+    try:
+        page.goto(f"{base}/runs/{run_id}")
+        expect(page.locator('.chart[data-chart="accuracy"] canvas')).to_have_count(1)
+        ticks = page.evaluate(
+            "Array.from(window.fedmerge.charts.values(), u => u.axes[0]._values.filter(Boolean))"
+        )
+        assert ticks and all(t and all(re.fullmatch(r"\d+", v) for v in t) for t in ticks), ticks
+        expect(page.locator('.chart[data-chart="durations"]')).to_contain_text("no data yet")
+        expect(page.locator("#num-clients")).to_have_text("–")
+    finally:
+        server.should_exit = True
