@@ -61,10 +61,10 @@ class TokenGate:
         given = query.get("token", [None])[-1]
         cookies = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
         jar = cookies[COOKIE].value if COOKIE in cookies else None
-        if self._same(bearer, self.token) or self._same(jar, self.cookie):
-            await self.app(scope, receive, send)
-        elif self._same(given, self.token):
+        if self._same(given, self.token):  # even with a cookie: the URL must lose it
             await self._redirect_with_cookie(scope, receive, send)
+        elif self._same(bearer, self.token) or self._same(jar, self.cookie):
+            await self.app(scope, receive, send)
         else:
             await self._refuse(scope, receive, send)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.store import make_engine, make_session_factory
+
+_WRITER_LOCK = threading.Lock()
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -37,13 +42,12 @@ def get_writer(request: Request) -> Iterator[Session]:
     Made on first use, so a read-only deployment never opens the store for writing;
     committed when the route returns, rolled back if it raises.
     """
-    factory: sessionmaker[Session] | None = getattr(request.app.state, "writer_factory", None)
-    if factory is None:
-        from coordinator.store import make_engine, make_session_factory
-
-        engine = make_engine(request.app.state.settings.db_url)
-        request.app.state.writer_engine = engine
-        factory = request.app.state.writer_factory = make_session_factory(engine)
+    state = request.app.state
+    with _WRITER_LOCK:  # two first writes at once must not make two engines
+        factory: sessionmaker[Session] | None = getattr(state, "writer_factory", None)
+        if factory is None:
+            engine = state.writer_engine = make_engine(state.settings.db_url)
+            factory = state.writer_factory = make_session_factory(engine)
     with factory.begin() as session:
         yield session
 

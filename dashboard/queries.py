@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,12 @@ from coordinator.store.models import (
 )
 from dashboard.schemas import (
     CheckpointPublic,
-    ClientDetailPublic,
     ClientPublic,
-    ClientRoundPublic,
     ClientsPublic,
-    ComparisonPublic,
     EvaluationPublic,
     EvaluationsPublic,
     EventPublic,
     RejectionPublic,
-    RoundDetailPublic,
     RoundPublic,
     RoundsPublic,
     RunDetailPublic,
@@ -105,7 +101,8 @@ def checkpoint_url(run_id: str, number: int) -> str:
     return f"/runs/{run_id}/checkpoints/{number}{CHECKPOINT_SUFFIX}"
 
 
-def _committed(run_id: Any, number: InstrumentedAttribute[int]) -> ColumnElement[bool]:
+def committed(run_id: Any, number: InstrumentedAttribute[int]) -> ColumnElement[bool]:
+    """The row's round (``run_id``, ``number``) is committed."""
     return exists().where(
         RoundRow.run_id == run_id, RoundRow.number == number, RoundRow.status == "committed"
     )
@@ -114,7 +111,7 @@ def _committed(run_id: Any, number: InstrumentedAttribute[int]) -> ColumnElement
 def _counted_evaluation() -> ColumnElement[bool]:
     return or_(
         EvaluationRow.round_number == 0,
-        _committed(EvaluationRow.run_id, EvaluationRow.round_number),
+        committed(EvaluationRow.run_id, EvaluationRow.round_number),
     )
 
 
@@ -144,7 +141,7 @@ def _summaries(s: Session, run_id: str | None = None) -> list[RunPublic]:
     )
     nodes = (
         select(ClientUpdateRow.run_id, func.count(distinct(ClientUpdateRow.node_id)).label("n"))
-        .where(_committed(ClientUpdateRow.run_id, ClientUpdateRow.round_number),
+        .where(committed(ClientUpdateRow.run_id, ClientUpdateRow.round_number),
                *only(ClientUpdateRow.run_id))
         .group_by(ClientUpdateRow.run_id)
         .subquery()
@@ -206,6 +203,15 @@ def _workers(s: Session, run_ids: list[str]) -> dict[str, list[WorkerPublic]]:
     ).all():
         out.setdefault(run_id, []).append(WorkerPublic(node_id=node_id, partition_id=partition))
     return out
+
+
+def filter_choices(s: Session) -> dict[str, list[str]]:
+    """The values the runs list can be filtered by: every status, optimizer, combiner."""
+    return {
+        name: list(s.scalars(select(column).distinct().order_by(column)))
+        for name, column in (("status", RunRow.status), ("optimizer", RunRow.optimizer),
+                             ("combiner", RunRow.combiner))
+    }
 
 
 def list_runs(s: Session, query: RunQuery | None = None) -> RunsPublic:
@@ -272,7 +278,7 @@ def rounds(s: Session, run_id: str) -> RoundsPublic:
 def clients(s: Session, run_id: str) -> ClientsPublic:
     run = find_run(s, run_id)
     u = ClientUpdateRow
-    counted = (u.run_id == run.id, _committed(u.run_id, u.round_number))
+    counted = (u.run_id == run.id, committed(u.run_id, u.round_number))
     rows = s.execute(
         select(
             u.node_id,
@@ -336,97 +342,3 @@ def checkpoint_file(s: Session, run_id: str, number: int) -> Path:
         raise UnknownCheckpoint(f"run {run.id} has no checkpoint file for round {number}")
     return file
 
-
-def _client_round(u: ClientUpdateRow) -> ClientRoundPublic:
-    return ClientRoundPublic.model_validate(u)
-
-
-def _committed_updates(s: Session, run_id: str) -> Select[tuple[ClientUpdateRow]]:
-    u = ClientUpdateRow
-    return (
-        select(u)
-        .where(u.run_id == run_id, _committed(u.run_id, u.round_number))
-        .order_by(u.round_number, u.partition_id, u.node_id)
-    )
-
-
-def client_detail(s: Session, run_id: str, node_id: str) -> ClientDetailPublic:
-    """One node's update in every committed round: metrics, offset norm, verdict, reason."""
-    run = find_run(s, run_id)
-    rows = s.scalars(_committed_updates(s, run.id).where(ClientUpdateRow.node_id == node_id))
-    updates = [_client_round(u) for u in rows]
-    if not updates:
-        raise UnknownClient(f"run {run.id} has no committed update from node {node_id!r}")
-    partition = next((u.partition_id for u in updates if u.partition_id is not None), None)
-    return ClientDetailPublic(
-        node_id=node_id, partition_id=partition, label=updates[0].label, rounds=updates
-    )
-
-
-def round_detail(s: Session, run_id: str, number: int) -> RoundDetailPublic:
-    """A round: its timings, and which updates were merged or dropped and why."""
-    run = find_run(s, run_id)
-    if not 0 <= number <= MAX_ROUND:
-        raise UnknownClient(f"run {run.id} has no round {number}")
-    row = s.scalars(
-        select(RoundRow).where(RoundRow.run_id == run.id, RoundRow.number == number)
-    ).one_or_none()
-    if row is None:
-        raise UnknownClient(f"run {run.id} has no round {number}")
-    updates = (
-        [_client_round(u) for u in s.scalars(
-            _committed_updates(s, run.id).where(ClientUpdateRow.round_number == number))]
-        if row.status == "committed" else []
-    )
-    evals = [e for e in evaluations(s, run.id).data if e.round_number == number]
-    return RoundDetailPublic(
-        round=RoundPublic.model_validate(row), updates=updates, evaluations=evals
-    )
-
-
-def compare(s: Session, run_ids: list[str]) -> ComparisonPublic:
-    """Runs side by side: their details and which config keys differ between them."""
-    runs = [run_detail(s, rid) for rid in dict.fromkeys(run_ids)]
-    keys = sorted({k for r in runs for k in r.config})
-    missing = object()
-    differing = [
-        k for k in keys if len({repr(r.config.get(k, missing)) for r in runs}) > 1
-    ]
-    return ComparisonPublic(runs=runs, config_keys=keys, differing_keys=differing)
-
-
-METRIC_COLUMNS = ("round", "status", "started_at", "finished_at", "duration_s", "send_s",
-                  "wait_s", "merge_s", "evaluate_s", "num_clients", "num_accepted",
-                  "num_rejected")
-
-
-def metrics_table(s: Session, run_id: str) -> list[dict[str, Any]]:
-    """One row per committed round (and round 0): timings, round metrics, evaluations."""
-    run = find_run(s, run_id)
-    by_round: dict[int, dict[str, Any]] = {}
-    for r in rounds(s, run.id).data:
-        if r.status != "committed":
-            continue
-        row: dict[str, Any] = {
-            "round": r.number, "status": r.status, "started_at": _iso(r.started_at),
-            "finished_at": _iso(r.finished_at), "duration_s": r.duration_s,
-            "send_s": r.send_s, "wait_s": r.wait_s, "merge_s": r.merge_s,
-            "evaluate_s": r.evaluate_s, "num_clients": r.num_clients,
-            "num_accepted": r.num_accepted, "num_rejected": r.num_rejected,
-        }
-        row.update({k: v for k, v in (r.metrics or {}).items() if _scalar(v)})
-        by_round[r.number] = row
-    for e in evaluations(s, run.id).data:
-        row = by_round.setdefault(e.round_number, {"round": e.round_number})
-        row[f"{e.kind}-accuracy"] = e.accuracy
-        row[f"{e.kind}-loss"] = e.loss
-        row.update({f"{e.kind}-{k}": v for k, v in e.metrics.items() if _scalar(v)})
-    return [by_round[n] for n in sorted(by_round)]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _scalar(value: object) -> bool:
-    return isinstance(value, str | int | float | bool) or value is None

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from coordinator.store import repo
-from dashboard import queries
+from dashboard import drilldown, queries
 from dashboard.deps import SessionDep, WriterDep
 from dashboard.schemas import (
     AnnotationsIn,
@@ -34,15 +34,18 @@ NOT_FOUND = {404: {"description": "No run has this id (or the prefix is ambiguou
 router = APIRouter(prefix="/api", tags=["runs"])
 
 
+SORT_PATTERN = "^(" + "|".join(queries.SORT_KEYS) + ")$"
+
+
 def run_query(
     q: str = "", status: str = "", task: str = "", optimizer: str = "", combiner: str = "",
     since: date | None = None, until: date | None = None,
-    sort: Annotated[str, Query(pattern="^(" + "|".join(queries.SORT_KEYS) + ")$")] = (
-        "started_at"),
+    sort: Annotated[str, Query(pattern=SORT_PATTERN)] = "started_at",
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=500)] = 25,
 ) -> queries.RunQuery:
+    """The runs list's query parameters (pages and ``/api/runs`` share them)."""
     return queries.RunQuery(
         q=q.strip(), status=status, task=task.strip(), optimizer=optimizer,
         combiner=combiner, since=since, until=until, sort=sort, desc=order == "desc",
@@ -51,6 +54,12 @@ def run_query(
 
 
 RunQueryDep = Annotated[queries.RunQuery, Depends(run_query)]
+
+
+@router.get("/ping")
+def ping() -> dict[str, str]:
+    """Whether the dashboard is up (pages poll it to say when it has stopped); no store read."""
+    return {"status": "ok"}
 
 
 @router.get("/runs", response_model=RunsPublic)
@@ -65,7 +74,7 @@ def read_comparison(
     session: SessionDep, runs: Annotated[list[str], Query(min_length=1, max_length=12)]
 ) -> ComparisonPublic:
     """Runs side by side (``?runs=a&runs=b``): details and the config keys that differ."""
-    return queries.compare(session, runs)
+    return drilldown.compare(session, runs)
 
 
 @router.get("/runs/{run_id}", response_model=RunDetailPublic, responses=NOT_FOUND)
@@ -102,7 +111,7 @@ def read_rounds(session: SessionDep, run_id: str) -> RoundsPublic:
             responses=NOT_FOUND)
 def read_round(session: SessionDep, run_id: str, number: int) -> RoundDetailPublic:
     """One round: which updates were merged or dropped, and why."""
-    return queries.round_detail(session, run_id, number)
+    return drilldown.round_detail(session, run_id, number)
 
 
 @router.get("/runs/{run_id}/clients", response_model=ClientsPublic, responses=NOT_FOUND)
@@ -115,7 +124,7 @@ def read_clients(session: SessionDep, run_id: str) -> ClientsPublic:
             responses=NOT_FOUND)
 def read_client(session: SessionDep, run_id: str, node_id: str) -> ClientDetailPublic:
     """One node's update in each committed round: metrics, offset norm, verdict, reason."""
-    return queries.client_detail(session, run_id, node_id)
+    return drilldown.client_detail(session, run_id, node_id)
 
 
 @router.get(
@@ -132,13 +141,13 @@ def download_metrics(session: SessionDep, run_id: str, fmt: str) -> Response:
     if fmt not in ("csv", "json"):
         raise HTTPException(404, f"no metrics.{fmt}; use metrics.csv or metrics.json")
     run = queries.find_run(session, run_id)
-    rows = queries.metrics_table(session, run.id)
+    rows = drilldown.metrics_table(session, run.id)
     name = f"fedmerge-{run.id[:8]}-metrics.{fmt}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     if fmt == "json":
         return JSONResponse(rows, headers=headers)
     columns = list(dict.fromkeys(
-        [*queries.METRIC_COLUMNS, *(k for row in rows for k in row)]))
+        [*drilldown.METRIC_COLUMNS, *(k for row in rows for k in row)]))
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()

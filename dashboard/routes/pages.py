@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from dashboard import plots, queries
+from dashboard import drilldown, plots, queries
 from dashboard.deps import SessionDep, TemplatesDep
 from dashboard.routes.api import RunQueryDep
 from dashboard.schemas import EvaluationPublic, RoundPublic
@@ -35,17 +35,13 @@ def _by_round(evals: list[EvaluationPublic]) -> dict[int, dict[str, EvaluationPu
 def runs_page(
     request: Request, session: SessionDep, templates: TemplatesDep, query: RunQueryDep
 ) -> Response:
-    everything = queries.list_runs(session).data  # the filters' choices
     return templates.TemplateResponse(
         request=request,
         name="runs.html",
         context={
             "listing": queries.list_runs(session, query),
             "query": query,
-            "choices": {
-                field: sorted({getattr(r, field) for r in everything})
-                for field in ("status", "optimizer", "combiner")
-            },
+            "choices": queries.filter_choices(session),
             "sort_keys": queries.SORT_KEYS,
         },
         headers=NO_STORE,
@@ -61,7 +57,7 @@ def compare_page(
         raise HTTPException(404, "Select runs on the runs list to compare them.")
     return templates.TemplateResponse(
         request=request, name="compare.html",
-        context={"cmp": queries.compare(session, runs)}, headers=NO_STORE,
+        context={"cmp": drilldown.compare(session, runs)}, headers=NO_STORE,
     )
 
 
@@ -70,7 +66,7 @@ def client_page(
     request: Request, session: SessionDep, templates: TemplatesDep, run_id: str, node_id: str
 ) -> Response:
     run = queries.run_detail(session, run_id)
-    client = queries.client_detail(session, run.id, node_id)
+    client = drilldown.client_detail(session, run.id, node_id)
     metric_keys = sorted({k for u in client.rounds for k, v in u.metrics.items()
                           if isinstance(v, int | float) and not isinstance(v, bool)})
     return templates.TemplateResponse(
@@ -87,7 +83,7 @@ def round_page(
     run = queries.run_detail(session, run_id)
     return templates.TemplateResponse(
         request=request, name="round.html",
-        context={"run": run, "detail": queries.round_detail(session, run.id, number)},
+        context={"run": run, "detail": drilldown.round_detail(session, run.id, number)},
         headers=NO_STORE,
     )
 

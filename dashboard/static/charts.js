@@ -64,7 +64,7 @@
         ...evalSeries(evals.data, at, "loss", kinds, (k) => `${k} loss`, (k) => KIND_COLORS[k]),
         ...roundSeries(rounds.data, "train loss", PALETTE[3], (r) => r.metrics?.["train-loss"], at),
       ] },
-      durations: { unit: "s", zero: true, series: [
+      durations: { unit: "s", zero: true, cap: true, series: [
         ...roundSeries(rounds.data, "total", PALETTE[0], (r) => r.duration_s, at),
         ...["send", "wait", "merge", "evaluate"].flatMap((p, i) =>
           roundSeries(rounds.data, p, PALETTE[i + 3], (r) => r[`${p}_s`], at)),
@@ -138,6 +138,14 @@
     return [xs, ...columns];
   }
 
+  // Round 1 carries the engine's start-up: a lone tall round is cut off (zoom or log
+  // scale shows it) rather than squashing every other round to a sliver.
+  function outlierCap(spec) {
+    const ys = spec.series[0]?.points.map((p) => p.y).sort((a, b) => a - b) || [];
+    if (ys.length < 3) return Infinity;
+    return Math.max(ys[Math.floor(ys.length / 2)] * 4, ys[ys.length - 2] * 1.05);
+  }
+
   function figureFor(name, spec) {
     let el = document.querySelector(`.chart[data-chart="${name}"]`);
     if (!el) {
@@ -176,16 +184,16 @@
           range: state.log ? undefined : (u, min, max) => {
             if (spec.percent) return [0, 1];
             const lo = spec.zero ? 0 : Math.min(0, min ?? 0);
-            const hi = isNum(max) && max > lo ? max * 1.08 : lo + 1;
+            const hi = isNum(max) && max > lo ? Math.min(max, spec.cap ? outlierCap(spec) : max) * 1.08 : lo + 1;
             return [lo, hi];
           },
         },
       },
       axes: [
         { ...axis, label: rounds ? "round" : elapsed ? "seconds since start" : "time",
-          ...(rounds ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, vs) => vs.map((v) => String(Math.round(v))) } : {}),
-          ...(elapsed && !rounds ? { values: (u, vs) => vs.map((v) => `${Math.round(v)} s`) } : {}) },
-        { ...axis, size: 60, values: (u, vs) => vs.map((v) => (spec.percent && !state.log ? `${Math.round(100 * v)}%` : `${+v.toPrecision(3)}`)) },
+          ...(rounds ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, vs) => vs.map((v) => (v == null ? "" : String(Math.round(v)))) } : {}),
+          ...(elapsed && !rounds ? { values: (u, vs) => vs.map((v) => (v == null ? "" : `${Math.round(v)} s`)) } : {}) },
+        { ...axis, size: 60, values: (u, vs) => vs.map((v) => (v == null ? "" : spec.percent && !state.log ? `${Math.round(100 * v)}%` : `${+v.toPrecision(3)}`)) },
       ],
       series: [
         { label: rounds ? "round" : "time", value: (u, v) => (v === null ? "–" : rounds ? String(v) : elapsed ? `${Math.round(v)} s` : new Date(v * 1000).toLocaleTimeString()) },
@@ -234,7 +242,12 @@
     tools.querySelector("[data-smooth]").addEventListener("input", (e) => { state.smooth = Number(e.target.value); draw(); });
   }
   let resizeTimer = null;
-  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 200); });
+  const widthChanged = () => Array.from(built, ([el, plot]) => Math.abs(el.clientWidth - plot.width) > 8).some(Boolean);
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (widthChanged()) draw(); }, 200);
+  });
+  window.fedmerge = Object.assign(window.fedmerge || {}, { charts: built });  // for tests and the console
   document.addEventListener("fedmerge:changed", load);
   load();
 })();

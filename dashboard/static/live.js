@@ -7,7 +7,7 @@
   "use strict";
   const root = document.querySelector("main");
   if (!root) return;
-  const url = root.dataset.poll || "/api/runs?per_page=1";
+  const url = root.dataset.poll || "/api/ping";
   const watchesData = Boolean(root.dataset.poll);
   const everyMs = Number(root.dataset.pollMs || (watchesData ? 1500 : 3000));
   const gone = document.getElementById("server-gone");

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from coordinator.store import make_engine, make_session_factory, upgrade_to_head
 from coordinator.store.models import RunRow
 from dashboard.app import create_app
 from dashboard.deps import get_session, get_writer
@@ -104,18 +104,22 @@ def test_unknown_run_is_404(memory_store: sessionmaker[Session]) -> None:
     assert response.status_code == 404
 
 
-def test_the_real_writer_engine_writes_the_store_file(
-    file_store: tuple[str, sessionmaker[Session]],
-) -> None:
-    """Without overrides: the app's read-only engine reads, its own writer writes."""
-    url, writer = file_store
+def test_the_real_writer_engine_writes_the_store(db_url: str) -> None:
+    """Without overrides, on SQLite and PostgreSQL: the app's read-only engine reads, its
+    own writer writes."""
+    engine = make_engine(db_url)
+    upgrade_to_head(engine)
+    writer = make_session_factory(engine)
     with writer.begin() as s:
         run_id = factories.create_run(s)
-    app = create_app(DashboardSettings(db_url=url, token=TOKEN))
-    with TestClient(app, base_url=BASE_URL) as client:
-        response = client.put(f"/api/runs/{run_id}/annotations",
-                              json={"tags": ["kept"], "notes": "n"}, headers=BEARER)
-        assert response.status_code == 200
-        assert client.get(f"/api/runs/{run_id}", headers=BEARER).json()["tags"] == ["kept"]
-    assert _stored(writer, run_id) == (["kept"], "n")
-    assert Path(url.removeprefix("sqlite:///")).exists()
+    app = create_app(DashboardSettings(db_url=db_url, token=TOKEN))
+    try:
+        with TestClient(app, base_url=BASE_URL) as client:
+            response = client.put(f"/api/runs/{run_id}/annotations",
+                                  json={"tags": ["kept"], "notes": "n"}, headers=BEARER)
+            assert response.status_code == 200
+            read = client.get(f"/api/runs/{run_id}", headers=BEARER).json()
+            assert (read["tags"], read["notes"]) == (["kept"], "n")
+        assert _stored(writer, run_id) == (["kept"], "n")
+    finally:
+        engine.dispose()

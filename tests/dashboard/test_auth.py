@@ -10,7 +10,8 @@ from tests.dashboard import factories
 from tests.dashboard.conftest import TOKEN, AppFactory
 
 PROTECTED = ("/", "/runs/{run}", "/runs/{run}/plots/accuracy.svg", "/api/runs",
-             "/api/runs/{run}", "/api/runs/{run}/rounds", "/openapi.json", "/no/such/page")
+             "/api/runs/{run}", "/api/runs/{run}/rounds", "/api/ping", "/openapi.json",
+             "/no/such/page")
 
 
 @pytest.fixture
@@ -69,6 +70,8 @@ def test_query_token_redirects_without_it_and_sets_an_httponly_cookie(
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert TOKEN not in cookie  # the cookie holds a derived value, not the token
     assert client.get(f"/runs/{run_id}").status_code == 200  # the cookie jar carries it
+    again = client.get("/", params={"token": TOKEN}, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == "/"  # cookie or not
     assert client.get("/api/runs").status_code == 200
     client.cookies.clear()
     assert client.get("/api/runs").status_code == 401

@@ -40,7 +40,7 @@ if not CHROMIUM.exists():
                     "(apt-get install chromium)", pytrace=False)
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,22 @@ def _svg_points(svg: str, gid: str) -> int:
     group = ET.fromstring(svg).find(f".//{SVG_NS}g[@id='{gid}']")
     assert group is not None, gid
     return len(group.findall(f".//{SVG_NS}use"))
+
+
+def _hover(page: Page, over: Locator, value: Locator, at: float) -> str:
+    """Hover a chart at ``at`` (0 = left edge, 1 = right) until its legend shows a value
+    (a chart redrawn under the pointer, e.g. when a scrollbar appears, needs a new move)."""
+    for _ in range(50):
+        box = over.bounding_box()
+        if box and box["width"] > 0:
+            x = box["x"] + min(max(box["width"] * at, 2), box["width"] - 3)
+            page.mouse.move(x - 5, box["y"] + box["height"] / 2)
+            page.mouse.move(x, box["y"] + box["height"] / 2)
+            text = value.inner_text().strip()
+            if text and text[0].isdigit():
+                return text
+        page.wait_for_timeout(100)
+    pytest.fail(f"hovering the chart showed no value (legend: {value.inner_text()!r})")
 
 
 def _serve(db_url: str, token: str | None = None) -> tuple[str, uvicorn.Server]:
@@ -235,12 +251,8 @@ def test_hovering_a_plot_shows_a_value(page: Page, two_runs: tuple[str, list[str
     expect(over).to_be_visible()
     central = page.locator('.chart[data-chart="accuracy"] .u-legend .u-series', has_text="central")
     value = central.locator(".u-value")
-    box = over.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    expect(value).to_have_text(re.compile(r"^\d+(\.\d)?%$"))
-    page.mouse.move(box["x"] + 2, box["y"] + box["height"] * 0.5)  # round 0: the initial model
-    expect(value).to_have_text("10.0%")
+    assert re.fullmatch(r"\d+(\.\d)?%", _hover(page, over, value, 0.5))
+    assert _hover(page, over, value, 0.0) == "10.0%"  # round 0: the initial model
 
 
 def test_two_runs_overlaid_with_config_differences_highlighted(
@@ -329,3 +341,70 @@ def test_a_page_whose_server_has_gone_says_so(
     expect(gone).to_be_visible(timeout=15_000)
     expect(gone).to_contain_text("The dashboard stopped")
     expect(gone).to_contain_text("fedmerge dashboard --out-dir /srv/fedmerge-out")
+
+
+def test_tags_and_notes_saved_from_the_page(
+    page: Page, file_store: tuple[str, sessionmaker[Session]]
+) -> None:
+    url, writer = file_store
+    with writer.begin() as s:
+        run_id = factories.create_run(s, name="to-tag")
+    base, server = _serve(url, token=TOKEN)
+    try:
+        page.goto(f"{base}/runs/{run_id}?token={TOKEN}")
+        form = page.locator("#annotations-form")
+        form.get_by_label("Tags (comma-separated)").fill("baseline, lr-sweep")
+        form.get_by_label("Notes").fill("diverges after round 3")
+        form.get_by_role("button", name="Save").click()
+        expect(page.locator("#annotations-status")).to_have_text("saved")
+        page.goto(f"{base}/?q=lr-sweep")
+        expect(page.locator("#runs tbody tr")).to_have_count(1)
+        expect(page.locator("#runs .run-tag")).to_have_text(["baseline", "lr-sweep"])
+    finally:
+        server.should_exit = True
+    with writer() as s:
+        run = s.get(RunRow, run_id)
+        assert run is not None and run.notes == "diverges after round 3"
+
+
+def test_smoothing_and_log_scale_redraw_the_curves(
+    page: Page, two_runs: tuple[str, list[str]]
+) -> None:
+    base, (alpha, _) = two_runs
+    page.goto(f"{base}/runs/{alpha}")
+    chart = page.locator('.chart[data-chart="loss"]')
+    value = chart.locator(".u-legend .u-series", has_text="central loss").locator(".u-value")
+    over = chart.locator(".u-over")
+    expect(over).to_be_visible()
+
+    def hover_round_40() -> str:
+        return _hover(page, over, value, 1.0)
+
+    raw = hover_round_40()
+    assert float(raw) == pytest.approx(2.0 / 41, rel=1e-3)  # the factory's central loss
+    page.locator("[data-smooth]").fill("0.9")
+    smoothed = hover_round_40()
+    assert float(smoothed) > float(raw)  # the average still carries the early, higher losses
+    page.locator("[data-log]").check()
+    expect(chart.locator("canvas")).to_have_count(1)
+    assert float(hover_round_40()) == pytest.approx(float(smoothed), rel=1e-3)
+
+
+def test_a_starting_run_draws_whole_rounds_and_no_negative_seconds(
+    page: Page, file_store: tuple[str, sessionmaker[Session]]
+) -> None:
+    url, writer = file_store
+    with writer.begin() as s:  # only the initial model's evaluation so far
+        run_id = factories.create_run(s, rounds_planned=5)
+    base, server = _serve(url)
+    try:
+        page.goto(f"{base}/runs/{run_id}")
+        expect(page.locator('.chart[data-chart="accuracy"] canvas')).to_have_count(1)
+        ticks = page.evaluate(
+            "Array.from(window.fedmerge.charts.values(), u => u.axes[0]._values.filter(Boolean))"
+        )
+        assert ticks and all(t and all(re.fullmatch(r"\d+", v) for v in t) for t in ticks), ticks
+        expect(page.locator('.chart[data-chart="durations"]')).to_contain_text("no data yet")
+        expect(page.locator("#num-clients")).to_have_text("–")
+    finally:
+        server.should_exit = True

@@ -20,7 +20,7 @@ from tests.dashboard.conftest import BASE_URL, AppFactory, RealRun
 
 
 def _rows(html: str, table_id: str) -> int:
-    table = re.search(rf'<table class="table" id="{table_id}">(.*?)</table>', html, re.S)
+    table = re.search(rf'<table class="table" id="{table_id}"[^>]*>(.*?)</table>', html, re.S)
     assert table is not None, table_id
     return table.group(1).split("<tbody>")[1].count("<tr")
 
@@ -42,9 +42,12 @@ def test_run_page_shows_what_the_api_says(real_client: TestClient, real_run: Rea
     assert _rows(html, "rounds") == 1 + 3  # the initial model, then rounds 1-3
     assert _rows(html, "clients") == 3
     assert _rows(html, "checkpoints") == 3
-    for plot in ("central-accuracy", "central-loss", "duration-merge-r3"):
-        assert f'id="{plot}"' in html
-    assert html.count('<g id="central-accuracy">') == 1
+    for name, plot in (("accuracy", "central-accuracy"), ("loss", "central-loss"),
+                       ("durations", "duration-merge-r3")):
+        src = f"/runs/{real_run.run_id}/plots/{name}.svg"
+        assert f'<img class="fallback" src="{src}"' in html  # the no-JavaScript plots
+        assert f'<div class="chart" data-chart="{name}"' in html  # the interactive ones
+        assert f'id="{plot}"' in real_client.get(src).text
 
 
 def test_checkpoint_download_is_the_committed_file(

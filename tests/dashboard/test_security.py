@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,14 @@ def test_a_checkpoint_number_past_the_column_is_404(
 ) -> None:
     response = memory_app().get(f"/runs/{run_id}/checkpoints/{number}.safetensors")
     assert response.status_code == 404
+
+
+def test_no_code_or_style_from_another_origin() -> None:
+    """uPlot is vendored with its licence; no template loads anything from a CDN."""
+    package = ROOT / "dashboard"
+    vendor = package / "static" / "vendor" / "uplot"
+    assert {"uPlot.iife.min.js", "uPlot.min.css", "LICENSE"} <= {p.name for p in vendor.iterdir()}
+    assert "MIT" in (vendor / "LICENSE").read_text()
+    for template in (package / "templates").glob("*.html"):
+        text = template.read_text()
+        assert not re.search(r'(src|href)="(https?:)?//', text), template.name
