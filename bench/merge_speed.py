@@ -306,7 +306,7 @@ def optimizer_bench(p: int, reps: int) -> tuple[str, dict[str, list[float]], dic
 
 def plot(results: list[dict], path: Path) -> None:
 
-    names = ["limit: fused axpy loop", "ours: MergeStrategy.aggregate_train (sgd lr 1)",
+    names = ["limit: fused axpy loop", OURS,
              "ours: core merge (decode + WeightedMean)", "Flower FedAvg.aggregate_train",
              "Flower FedAdam.aggregate_train"]
     labels = ["limit (axpy)", "ours: strategy", "ours: core", "Flower FedAvg", "Flower FedAdam"]

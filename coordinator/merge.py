@@ -18,7 +18,7 @@ from logging import INFO, WARNING
 
 from flwr.common import log
 
-from aggregation import ClientUpdate, OffsetCombiner, ServerOptimizer, ServerState
+from aggregation import ClientUpdate, OffsetCombiner, Params, ServerOptimizer, ServerState
 from aggregation import objective_gradient as gradient
 from aggregation.combiners import CombinerError, CombineResult
 from client.metrics import NUM_CLIENTS, TRAIN_MEANS
@@ -140,7 +140,7 @@ class Merge:
         return state, report
 
     def _validated(
-        self, replies: Iterator[Reply], template, outcomes: _Outcomes
+        self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
     ) -> Iterator[ClientUpdate]:
         """The accepted updates, one at a time as they arrive; no tensor is kept here."""
         for r in replies:

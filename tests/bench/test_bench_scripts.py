@@ -46,8 +46,8 @@ def test_merge_speed_quick(tmp_path: Path) -> None:
 def test_memory_quick(tmp_path: Path) -> None:
     run_quick("memory", tmp_path)
     table = check_table(tmp_path, "memory", "memory.png")
-    for kind in ("ours: MergeStrategy (mean)", "ours: core (decode + mean)",
-                 "ours: MergeStrategy (median)", "Flower FedAvg"):
+    for kind in ("ours: Merge (mean)", "ours: core (decode + mean)",
+                 "ours: Merge (median)", "Flower FedAvg"):
         assert kind in table
 
 

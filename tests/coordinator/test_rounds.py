@@ -12,6 +12,7 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Error,
     Message,
     MessageType,
     MetricRecord,
@@ -159,3 +160,21 @@ def test_a_failed_evaluation_commits_no_half_round(tmp_path, store, failing: str
     assert [(r.number, r.status) for r in rounds] == [(1, "committed"), (2, "running")]
     assert all(e.round_number < 2 for e in evals) and all(u.round_number == 1 for u in updates)
     assert not (tmp_path / "ck" / "round-00002.safetensors").exists()
+
+
+def test_a_crashed_clients_error_reply_is_recorded_under_the_node_it_was_sent_to(
+    tmp_path, store
+) -> None:
+    def crash_23(msg: Message) -> Message:
+        if msg.metadata.dst_node_id != 23 or msg.metadata.message_type != MessageType.TRAIN:
+            return _answer(msg)
+        reply = Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg)
+        reply.metadata.__dict__["_src_node_id"] = 1  # not the node: what Flower may stamp
+        return reply
+
+    loop = _loop(tmp_path, store, grid=ScriptedGrid(NODES, crash_23))
+    state, record = loop.run_round(_state())
+    by_node = {u.node_id: u for u in record.updates}
+    assert set(by_node) == {"21", "22", "23"}
+    assert not by_node["23"].accepted and "ClientApp crashed" in by_node["23"].reason
+    torch.testing.assert_close(state.params["w"], torch.from_numpy(STEP))

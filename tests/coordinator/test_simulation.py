@@ -40,7 +40,11 @@ def test_five_clients_reach_90_percent_within_10_rounds(tmp_path: Path, db_url: 
     assert all(r.status == "committed" and r.num_accepted == 5 for r in rounds)
     central = {e.round_number: e.accuracy for e in evals if e.kind == "central"}
     assert central[0] < 0.2  # the untrained model
-    assert max(central.values()) >= 0.90
+    # Judged on the final round, not the best one: measured on this setting, the final
+    # central accuracy was 0.942 for seed 0 (this test's), 0.908 and 0.928 for seeds 1
+    # and 2, and no round after the 5th fell below 0.88 for any of them; reply order
+    # moves float32 sums at 1e-6, far from moving accuracy by the 0.04 margin.
+    assert central[10] >= 0.90
     assert result.central_accuracy == pytest.approx(central[10])
     assert {u.partition_id for u in updates} == set(range(5))
 
