@@ -42,6 +42,7 @@ def demo(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     model: Annotated[str, typer.Option(help="mlp | cnn")] = "mlp",
     seed: Annotated[int, typer.Option(help="Seed of partitions, init and local SGD.")] = 0,
+    dp: Annotated[str, typer.Option(help="off | central (user-level DP, docs/privacy.md)")] = "off",
     out_dir: OutDir = DEFAULT_OUT,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard while it runs.")] = True,
@@ -61,6 +62,10 @@ def demo(
         "partition": partition, "dirichlet-alpha": alpha, "model": model, "seed": seed,
         "out-dir": str(out_dir.expanduser().resolve()), "db": db, "min-nodes": clients,
     }
+    if dp != "off":  # the demo's clip and noise, unless --set says otherwise
+        from coordinator.privacy import DEMO_SETTINGS
+
+        overrides.update({"dp": dp, **DEMO_SETTINGS})
     overrides.update(_pairs(set_ or []))
     raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None))
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.federation import ResumeError, resumed_config
+from coordinator.privacy import plan_of
 from coordinator.simulation import simulate
 from coordinator.store import (
     RoundRecord,
@@ -35,8 +36,11 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     url = resolve_db_url(cfg.db or None, cfg.out_path)
     server = _start_dashboard(url, dashboard_port) if dashboard_port else None
 
+    plan = plan_of(cfg)
     table = Table("round", "merged", "rejected", "train loss", "central", "federated",
                   "personal", "s", title="accuracy per round")
+    if plan is not None:
+        table.add_column("epsilon")
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console,
@@ -51,6 +55,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
             _fmt(rec.metrics.get("train-loss")), _fmt(_acc(ev, "central")),
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
+            *([] if plan is None else [_fmt(rec.metrics.get("dp-epsilon"))]),
         )
         progress.update(task, completed=rec.number, description="rounds")
 
@@ -59,6 +64,9 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         f"{f' alpha={cfg.dirichlet_alpha}' if cfg.partition == 'dirichlet' else ''}), "
         f"mode {cfg.mode}, optimizer {cfg.optimizer} (lr {cfg.server_lr}), combiner "
         f"{cfg.combiner}, {cfg.num_server_rounds} rounds"
+        + ("" if plan is None else
+           f", user-level DP (clip {cfg.dp_clip}, noise multiplier {cfg.dp_noise_multiplier},"
+           f" delta {plan.delta:.3g})")
     )
     if server:
         console.print(f"dashboard: [link]http://127.0.0.1:{dashboard_port}/[/link]")
@@ -78,6 +86,11 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
         f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}\n"
         f"      fedmerge dashboard --out-dir {cfg.out_path}"
     )
+    if plan is not None:
+        console.print(
+            f"privacy spent: epsilon [bold]{plan.epsilon(result.rounds):.4g}[/bold] at delta "
+            f"{plan.delta:.3g}, user level, {result.rounds} rounds (docs/privacy.md)"
+        )
     return 0
 
 

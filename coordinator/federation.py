@@ -26,6 +26,7 @@ from coordinator.config import ConfigError, MergeConfig, parse_run_config
 from coordinator.grid import StreamingGrid
 from coordinator.ledger import RoundLedger
 from coordinator.payloads import params_record
+from coordinator.privacy import dp_combiner, plan_of
 from coordinator.replies import UpdateLimits
 from coordinator.store import (
     RoundRecord,
@@ -97,13 +98,17 @@ def _federate(
     )
     strategy = build_strategy(cfg, state, ledger)
     remaining = cfg.num_server_rounds - state.round
+    plan = plan_of(cfg)  # dp central: stop before the round that would exceed the budget
+    allowed = cfg.num_server_rounds if plan is None else plan.rounds_allowed(cfg.num_server_rounds)
+    remaining = min(remaining, allowed - state.round)
     if strategy.holds_every_offset:
         log(WARNING, "combiner %s holds every offset of a round: memory O(K x P), not O(P)",
             cfg.combiner)
     log(INFO, "run %s: %s rounds to go (%s done), db %s", run_id, remaining, state.round, db_url)
     try:
         if remaining > 0:
-            random.seed(cfg.seed * 1_000_003 + state.round)  # Flower samples with `random`
+            # Flower samples with `random`; with dp the sample must be secret (OS entropy)
+            random.seed(None if plan else cfg.seed * 1_000_003 + state.round)
             strategy.start(
                 grid=streaming,
                 initial_arrays=params_record(state.params),
@@ -119,6 +124,9 @@ def _federate(
             repo.finish_run(s, run_id, status, error=f"{type(exc).__name__}: {exc}")
         raise
     with sessions.begin() as s:
+        if plan is not None and allowed < cfg.num_server_rounds:
+            log(WARNING, "%s", plan.stop_reason(allowed + 1))
+            repo.add_event(s, run_id, "privacy-budget", plan.stop_reason(allowed + 1))
         repo.finish_run(s, run_id, "completed")
     final = strategy.state
     acc = ledger.central_accuracy  # the last round's, already measured
@@ -130,7 +138,7 @@ def _federate(
 def build_strategy(cfg: MergeConfig, state: ServerState, ledger: RoundLedger) -> MergeStrategy:
     return MergeStrategy(
         state=state,
-        combiner=make_combiner(
+        combiner=dp_combiner(cfg) if cfg.dp == "central" else make_combiner(
             cfg.combiner, trim_beta=cfg.trim_beta, byzantine=cfg.krum_byzantine,
             clip_norm=cfg.clip_norm, max_norm=cfg.max_update_norm,
         ),
@@ -139,6 +147,7 @@ def build_strategy(cfg: MergeConfig, state: ServerState, ledger: RoundLedger) ->
         limits=UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm),
         max_norm_ratio=cfg.max_norm_ratio,
         observer=ledger,
+        privacy=plan_of(cfg),
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,

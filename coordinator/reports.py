@@ -66,6 +66,7 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
             "accepted": r.num_accepted, "rejected": r.num_rejected,
             "send_s": r.send_s, "wait_s": r.wait_s, "merge_s": r.merge_s,
             "evaluate_s": r.evaluate_s, "train_loss": (r.metrics or {}).get("train-loss"),
+            "dp_epsilon": (r.metrics or {}).get("dp-epsilon"),  # user-level DP spent so far
         }
         row.update(evals.get(r.number, {}))
         rows.append(row)
@@ -78,7 +79,8 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
         console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
                       f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
         table = Table("round", "ok", "rej", "loss", "central", "fed", "personal", "wait s",
-                      "merge ms", caption="accuracy: central (held-out), federated, personalized")
+                      "merge ms", "epsilon",
+                      caption="accuracy: central (held-out), federated, personalized")
         for h in history(s, r.id):
             status = "" if h["status"] == "committed" else f" {h['status']}"
             merge_ms = None if h["merge_s"] is None else 1e3 * h["merge_s"]  # type: ignore[operator]
@@ -86,7 +88,7 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
                 f"{h['round']}{status}", str(h["accepted"]), str(h["rejected"]),
                 _f(h.get("train_loss"), 3), _f(h.get("central_accuracy"), 3),
                 _f(h.get("federated_accuracy"), 3), _f(h.get("personalized_accuracy"), 3),
-                _f(h.get("wait_s"), 2), _f(merge_ms, 1),
+                _f(h.get("wait_s"), 2), _f(merge_ms, 1), _f(h.get("dp_epsilon"), 3),
             )
         console.print(table)
         rejected = [u for u in repo.updates_of(s, r.id) if not u.accepted]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
@@ -31,6 +32,9 @@ from aggregation import (
 from aggregation.combiners import CombinerError, CombineResult
 from coordinator.payloads import params_record
 from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply, reply_metrics
+
+if TYPE_CHECKING:
+    from coordinator.privacy import PrivacyPlan
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ class MergeStrategy(FedAvg):
         limits: UpdateLimits | None = None,
         max_norm_ratio: float = 0.0,
         observer: RoundObserver | None = None,
+        privacy: PrivacyPlan | None = None,
         **fedavg_options: object,
     ) -> None:
         super().__init__(**fedavg_options)
@@ -141,6 +146,7 @@ class MergeStrategy(FedAvg):
         self.limits = limits or UpdateLimits()
         self.max_norm_ratio = max_norm_ratio
         self.observer = observer or RoundObserver()
+        self.privacy = privacy  # dp central: the accountant's plan, epsilon per round
 
     @property
     def state(self) -> ServerState:
@@ -200,7 +206,9 @@ class MergeStrategy(FedAvg):
             intake.reject(cid, reason)
 
         arrays = None
-        if result.num_clients:
+        # The DP mean always returns every tensor (noise included): it steps even when no
+        # offset was accepted, since skipping the step would tell that.
+        if result.offset:
             grads = objective_gradient(result.offset, scale=self.gradient_scale)
             opt_state = self.optimizer.step(template, grads, self._state.opt_state)
             self._state = ServerState(template, opt_state, number)
@@ -212,6 +220,8 @@ class MergeStrategy(FedAvg):
 
         outcomes = intake.outcomes(result.norms)
         train_metrics = _weighted_metrics([o for o in outcomes if o.accepted])
+        if self.privacy is not None:  # user-level DP: epsilon spent after this round
+            train_metrics["dp-epsilon"] = self.privacy.epsilon(number)
         report = MergeReport(
             number, outcomes, merge_s, intake.wait_s, train_metrics, result.diagnostics
         )
