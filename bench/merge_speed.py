@@ -11,6 +11,8 @@ round-robin (each repetition runs every variant once; ratios are per repetition)
                             sgd step; building the output ArrayRecord
   ours: MergeStrategy       aggregate_train with sgd lr 1 (= FedAvg): decoding,
                             validation, streaming mean, optimizer step, output ArrayRecord
+  ours: ... DP mean         the same with dp central (aggregation/dp.py): each offset
+                            clipped, weight 1, Gaussian noise drawn in place, fixed m
   Flower FedAvg             FedAvg().aggregate_train on the same replies (to Flower they
                             are models, to us offsets: same numbers, same arithmetic)
   Flower FedAdam            FedAdam().aggregate_train on the same replies
@@ -61,6 +63,7 @@ from bench.common import (
 MEMCPY_ELEMS = 64 * 1024 * 1024
 MEMCPY = "memcpy (yardstick; GB/s counts read + write)"
 TARGET_VS_FLOWER = 5.0
+DP_VARIANT = "ours: MergeStrategy.aggregate_train, DP mean (dp central)"
 TARGET_VS_LIMIT = 0.8
 
 
@@ -82,6 +85,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     from flwr.serverapp.strategy import FedAdam, FedAvg
 
     from aggregation import ServerState, WeightedMean, sgd
+    from aggregation.dp import GaussianSumMean
     from coordinator.payloads import params_record
     from coordinator.replies import UpdateLimits, decode_reply
     from coordinator.strategy import MergeStrategy
@@ -107,6 +111,11 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     assert worst < 1e-6, f"ours != Flower FedAvg on the same replies: max diff {worst}"
     assert all(ours_out[n].numpy().dtype == np.float32 for n, _ in layout)
     del ours_out, flower_out
+    dp_params = zeros()
+    dp_strategy = MergeStrategy(
+        state=ServerState(dp_params, opt.init(dp_params)), optimizer=opt,
+        combiner=GaussianSumMean(clip=1.0, noise_multiplier=1.0, denominator=k, seed=0),
+    )
 
     # --- ours, in parts (as the strategy calls them: a combiner that validates values
     # in its own read, WeightedMean.guards_values, gets offsets decoded without the norm)
@@ -163,6 +172,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
         Variant("limit: fused axpy loop", limit),
         Variant("ours: MergeStrategy.aggregate_train (sgd lr 1)",
                 lambda: strategy.aggregate_train(1, replies)),
+        Variant(DP_VARIANT, lambda: dp_strategy.aggregate_train(1, replies)),
         Variant("ours: core merge (decode + WeightedMean)", core),
         Variant("ours part: decode + validate", decode_only),
         Variant("ours part: WeightedMean on decoded views", combine_only),

@@ -79,7 +79,7 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
         console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
                       f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
         table = Table("round", "ok", "rej", "loss", "central", "fed", "personal", "wait s",
-                      "merge ms", "epsilon",
+                      "merge ms", "eps",
                       caption="accuracy: central (held-out), federated, personalized")
         for h in history(s, r.id):
             status = "" if h["status"] == "committed" else f" {h['status']}"
