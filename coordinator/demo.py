@@ -40,7 +40,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
     table = Table("round", "merged", "rejected", "train loss", "central", "federated",
                   "personal", "s", title="accuracy per round")
     if plan is not None:
-        table.add_column("epsilon")
+        table.add_column("eps")
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console,
@@ -55,7 +55,7 @@ def run_demo(overrides: dict[str, Any], *, dashboard_port: int | None) -> int:
             _fmt(rec.metrics.get("train-loss")), _fmt(_acc(ev, "central")),
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
-            *([] if plan is None else [_fmt(rec.metrics.get("dp-epsilon"))]),
+            *([] if plan is None else [f"{rec.metrics.get('dp-epsilon', float('nan')):.3g}"]),
         )
         progress.update(task, completed=rec.number, description="rounds")
 

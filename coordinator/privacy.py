@@ -29,7 +29,7 @@ from aggregation.dp import AdaptiveClip, GaussianSumMean
 if TYPE_CHECKING:
     from coordinator.config import MergeConfig
 
-DEMO_SETTINGS = {"dp-clip": 1.0, "dp-noise-multiplier": 0.3}
+DEMO_SETTINGS = {"dp-clip": 0.3, "dp-noise-multiplier": 1.0}
 """What ``fedmerge demo --dp central`` runs with unless told otherwise."""
 
 

@@ -4,10 +4,11 @@ budget stops the run before the round that would exceed it.
 
 The setting: 100 clients (IID digits, about 14 examples each), all sampled every round,
 clip C = 0.3 (a little below the offsets' median norm, about 0.38 here), noise
-multiplier z = 4, server momentum 0.9. The noise per coordinate is z C / 100 = 0.012 per
-round; `bench.privacy` measured 0.87 after 10 rounds (0.90 without DP). The test asks
-for 0.70 after 8: the margin covers the seeds of the noise, which are not fixed (the
-noise is seeded from the OS, as it must be).
+multiplier z = 2, server momentum 0.9: the noise per coordinate is z C / 100 = 0.006 per
+round. `bench.privacy` measured 0.88 after 10 rounds at z = 2, 0.80-0.87 at z = 4 (0.90
+without DP). The test asks for 0.60 after 8 rounds at z = 2 (0.81 when written, with a
+bumpy way there: 0.44 at round 5): the margin covers the noise's draws, which are not
+fixed (the noise is seeded from the OS, as it must be).
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ pytestmark = pytest.mark.simulation
 
 CLIENTS, ROUNDS_ALLOWED = 100, 8
 DELTA = CLIENTS ** -1.1  # the default: 6.3e-3
-EPSILON_STATED = 5.0  # the library gives 4.58 for these 8 rounds
-ACCURACY_STATED = 0.70
+EPSILON_STATED = 12.0  # the library gives 11.68 for these 8 rounds
+ACCURACY_STATED = 0.60
 
 
 def library_epsilon(rounds: int) -> float:
-    """dp-accounting's figure for m = N = 100, z = 4 (z / 2 under replace-one)."""
+    """dp-accounting's figure for m = N = 100, z = 2 (z / 2 under replace-one)."""
     acc = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
     acc.compose(dp_event.SampledWithoutReplacementDpEvent(
-        CLIENTS, CLIENTS, dp_event.GaussianDpEvent(4.0 / 2)), rounds)
+        CLIENTS, CLIENTS, dp_event.GaussianDpEvent(2.0 / 2)), rounds)
     return acc.get_epsilon(DELTA)
 
 
@@ -45,7 +46,7 @@ def test_dp_digits_reaches_the_stated_accuracy_and_stops_at_the_budget(tmp_path:
         "num-server-rounds": ROUNDS_ALLOWED + 2, "num-clients": CLIENTS, "min-nodes": CLIENTS,
         "partition": "iid", "local-epochs": 5, "local-lr": 0.1, "optimizer": "momentum",
         "server-lr": 1.0, "fraction-evaluate": 0.0, "device": "cpu", "out-dir": str(tmp_path),
-        "dp": "central", "dp-clip": 0.3, "dp-noise-multiplier": 4.0,
+        "dp": "central", "dp-clip": 0.3, "dp-noise-multiplier": 2.0,
         "dp-epsilon-budget": budget,
     })
     result = simulate(cfg, num_clients=CLIENTS)
