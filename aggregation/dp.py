@@ -134,7 +134,7 @@ class GaussianSumMean(OffsetCombiner):
 
     def _next_clip(self, clip: float, unclipped: int, device: torch.device) -> float:
         """The clip for the next round, from a noisy count of this round's unclipped
-        offsets (the only thing about the norms that leaves the combiner)."""
+        offsets: the released clip depends on the norms only through that count."""
         assert self.adaptive is not None
         noise = torch.empty(1, dtype=torch.float64, device=device).normal_(
             0.0, self.adaptive.count_stddev, generator=self._generator(device))

@@ -7,7 +7,7 @@ initial model and local training; only the merge differs: the examples-weighted 
 the accountant's (coordinator/privacy.py) for the rounds run, at the run's delta.
 
     python -m bench.privacy [--quick] [--clients 100] [--rounds 10] [--clip 0.3]
-        [--noise 0.5,1,2,4] [--fraction 1.0]
+        [--noise 0.5,1,2,4,8,16] [--fraction 1.0]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--clip", type=float, default=0.3)
-    ap.add_argument("--noise", default=None, help="noise multipliers, e.g. 0.5,1,2,4")
+    ap.add_argument("--noise", default=None, help="noise multipliers (default 0.5,1,2,4,8,16)")
     ap.add_argument("--fraction", type=float, default=1.0, help="fraction-train")
     args = ap.parse_args(argv)
     from bench.common import quiet
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     args.clients = args.clients or (4 if args.quick else 100)
     args.rounds = args.rounds or (2 if args.quick else 10)
-    noises = [float(z) for z in (args.noise or ("1" if args.quick else "0.5,1,2,4")).split(",")]
+    default = "1" if args.quick else "0.5,1,2,4,8,16"
+    noises = [float(z) for z in (args.noise or default).split(",")]
     out = results_dir(args.out)
     base = base_config(args)
     t0 = time.perf_counter()
