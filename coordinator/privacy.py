@@ -103,7 +103,8 @@ def sample_size(num_clients: int, fraction: float, min_nodes: int) -> int:
 
 
 def default_delta(num_clients: int) -> float:
-    """1 / N^1.1: below 1/N, so the mechanism cannot simply publish one user's data."""
+    """1 / N^1.1: below 1/N (at delta >= 1/N, publishing each user's data with
+    probability delta, about one user per run, would be (0, delta)-DP)."""
     return num_clients ** -1.1
 
 
