@@ -11,6 +11,8 @@ round-robin (each repetition runs every variant once; ratios are per repetition)
                             sgd step; building the output ArrayRecord
   ours: Merge               coordinator.merge.Merge with sgd lr 1 (= FedAvg): decoding,
                             validation, streaming mean, optimizer step
+  ours: Merge, DP mean        the same with dp central (aggregation/dp.py): each offset
+                              clipped, weight 1, Gaussian noise drawn in place, fixed m
   Flower FedAvg             FedAvg().aggregate_train on the same replies (to Flower they
                             are models, to us offsets: same numbers, same arithmetic)
   Flower FedAdam            FedAdam().aggregate_train on the same replies
@@ -62,6 +64,7 @@ MEMCPY_ELEMS = 64 * 1024 * 1024
 MEMCPY = "memcpy (yardstick; GB/s counts read + write)"
 OURS = "ours: Merge (validate, WeightedMean, sgd lr 1)"
 TARGET_VS_FLOWER = 5.0
+DP_VARIANT = "ours: Merge, DP mean (dp central)"
 TARGET_VS_LIMIT = 0.8
 
 
@@ -83,6 +86,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     from flwr.serverapp.strategy import FedAdam, FedAvg
 
     from aggregation import ServerState, WeightedMean, sgd
+    from aggregation.dp import GaussianSumMean
     from coordinator.grid import Reply
     from coordinator.merge import Merge
     from coordinator.payloads import params_record
@@ -112,6 +116,13 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
     assert worst < 1e-6, f"ours != Flower FedAvg on the same replies: max diff {worst}"
     assert all(params[n].dtype == torch.float32 for n, _ in layout)
     del flower_out
+    dp_merge = Merge(ReplyValidator(), GaussianSumMean(clip=1.0, noise_multiplier=1.0,
+                                                       denominator=k, seed=0), opt)
+    dp_params = zeros()
+    dp_state = ServerState(dp_params, opt.init(dp_params))
+
+    def ours_dp() -> object:
+        return dp_merge(dp_state, (Reply(str(m.metadata.src_node_id), m) for m in replies))
 
     # --- ours, in parts (as the merge calls them: decode and validate, norm included,
     # then the combiner, which reuses the norm)
@@ -166,6 +177,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int) ->
         Variant(MEMCPY, lambda: dst.copy_(src)),
         Variant("limit: fused axpy loop", limit),
         Variant(OURS, ours),
+        Variant(DP_VARIANT, ours_dp),
         Variant("ours: core merge (decode + WeightedMean)", core),
         Variant("ours part: decode + validate", decode_only),
         Variant("ours part: WeightedMean on decoded views", combine_only),

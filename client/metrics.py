@@ -19,6 +19,7 @@ EVAL_ACC = "eval-acc"
 
 # What the coordinator adds to a round's aggregate train metrics
 NUM_CLIENTS = "num-clients"
+DP_EPSILON = "dp-epsilon"  # dp central: the user-level epsilon spent after the round
 
 TRAIN_MEANS = (TRAIN_LOSS, SHARED_ACC, PERSONAL_ACC)
 """The train metrics the coordinator averages over a round's merged clients (by examples)."""

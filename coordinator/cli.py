@@ -44,6 +44,7 @@ def demo(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     model: Annotated[str, typer.Option(help="mlp | cnn")] = "mlp",
     seed: Annotated[int, typer.Option(help="Seed of partitions, init and local SGD.")] = 0,
+    dp: Annotated[str, typer.Option(help="off | central (user-level DP, docs/privacy.md)")] = "off",
     out_dir: OutDir = None,
     db: Db = "",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard while it runs.")] = True,
@@ -67,6 +68,10 @@ def demo(
         **({"task-config": json.dumps({"model": model})} if model != "mlp" else {}),
         "out-dir": str(_out(out_dir)), "db": db, "min-nodes": clients,
     }
+    if dp != "off":  # the demo's clip and noise, unless --set says otherwise
+        from coordinator.privacy import DEMO_SETTINGS
+
+        overrides.update({"dp": dp, **DEMO_SETTINGS})
     overrides.update(_pairs(set_ or []))
     raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None,
                               keep_dashboard=keep_dashboard))

@@ -61,6 +61,16 @@ class MergeConfig(BaseModel):
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
     max_examples: int = Field(1_000_000, ge=1, alias="max-examples")
+    # --- user-level differential privacy (docs/privacy.md); 0 = unset / automatic
+    dp: Literal["off", "central"] = "off"
+    dp_clip: float = Field(0.0, ge=0.0, alias="dp-clip")
+    dp_noise_multiplier: float = Field(0.0, ge=0.0, alias="dp-noise-multiplier")
+    dp_adaptive_clip: bool = Field(False, alias="dp-adaptive-clip")
+    dp_target_quantile: float = Field(0.5, gt=0.0, lt=1.0, alias="dp-target-quantile")
+    dp_clip_lr: float = Field(0.2, gt=0.0, alias="dp-clip-lr")
+    dp_quantile_noise: float = Field(0.05, gt=0.0, alias="dp-quantile-noise")
+    dp_delta: float = Field(0.0, ge=0.0, lt=1.0, alias="dp-delta")
+    dp_epsilon_budget: float = Field(0.0, ge=0.0, alias="dp-epsilon-budget")
     # --- the clients' task (sent to them in each round's config; client/tasks/)
     task: str = "digits"  # a built-in (digits, shakespeare) or an import string "module:attr"
     task_config: str = Field("", alias="task-config")  # its settings: JSON or TOML inline table
@@ -101,7 +111,41 @@ class MergeConfig(BaseModel):
                 f"min-nodes: combiner {self.combiner} with krum-byzantine="
                 f"{self.krum_byzantine} needs min-nodes >= {2 * self.krum_byzantine + 3}"
             )
+        self._check_privacy()
         return self
+
+    def _check_privacy(self) -> None:
+        """dp-* keys only with dp on, and no combination that voids the guarantee."""
+        dp_keys = {k: v for k, v in self.as_run_config().items() if k.startswith("dp-")}
+        if self.dp == "off":
+            defaults = MergeConfig.model_construct().as_run_config()
+            stray = sorted(k for k, v in dp_keys.items() if v != defaults[k])
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: set while dp is off (it would protect "
+                                 'nothing): set dp = "central" or leave it out')
+            return
+        voiding = {
+            "dp-clip": (self.dp_clip <= 0, "must be > 0 with dp central"),
+            "dp-noise-multiplier": (self.dp_noise_multiplier <= 0, "must be > 0 with dp central"),
+            "combiner": (self.combiner != "mean", "dp central needs the mean (the DP mean "
+                         "replaces it); robust and fisher combiners void the guarantee"),
+            "clip-norm": (self.clip_norm > 0, "dp central clips to dp-clip; leave clip-norm 0"),
+            "max-norm-ratio": (self.max_norm_ratio > 0, "with dp central a client's fate must "
+                               "not depend on other clients' norms; leave it 0"),
+        }
+        for key, (bad, why) in voiding.items():
+            if bad:
+                raise ValueError(f"{key}: {why}")
+        from coordinator.privacy import plan_of, sample_size  # dp-accounting, only if dp on
+
+        m = sample_size(self.num_clients, self.fraction_train, self.min_nodes)
+        if m > self.num_clients:
+            raise ValueError(f"num-clients: dp central samples {m} clients per round "
+                             f"(min-nodes, fraction-train) out of num-clients={self.num_clients}")
+        plan = plan_of(self)
+        if plan is not None and plan.rounds_allowed(1) < 1:
+            raise ValueError(f"dp-epsilon-budget: {self.dp_epsilon_budget:g} is below one "
+                             f"round's epsilon {plan.epsilon(1):.4g}")
 
     @property
     def gradient_scale(self) -> float:

@@ -12,8 +12,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.metrics import TRAIN_LOSS
+from client.metrics import DP_EPSILON, TRAIN_LOSS
 from coordinator.config import ConfigError, MergeConfig, parse_run_config
+from coordinator.privacy import plan_of
 from coordinator.runs import ResumeError, resumed_config
 from coordinator.simulation import simulate
 from coordinator.store import (
@@ -40,8 +41,11 @@ def run_demo(
     url = resolve_db_url(cfg.db or None, cfg.out_path)
     server = _start_dashboard(url, dashboard_port) if dashboard_port else None
 
+    plan = plan_of(cfg)
     table = Table("round", "merged", "rejected", "train loss", "central", "federated",
                   "personal", "s", title="accuracy per round")
+    if plan is not None:
+        table.add_column("eps")
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console,
@@ -56,6 +60,7 @@ def run_demo(
             _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_acc(ev, "central")),
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
+            *([] if plan is None else [f"{rec.metrics.get(DP_EPSILON, float('nan')):.3g}"]),
         )
         progress.update(task, completed=rec.number, description="rounds")
 
@@ -64,6 +69,9 @@ def run_demo(
         f"{f' alpha={cfg.dirichlet_alpha}' if cfg.partition == 'dirichlet' else ''}), "
         f"mode {cfg.mode}, optimizer {cfg.optimizer} (lr {cfg.server_lr}), combiner "
         f"{cfg.combiner}, {cfg.num_server_rounds} rounds"
+        + ("" if plan is None else
+           f", user-level DP (clip {cfg.dp_clip}, noise multiplier {cfg.dp_noise_multiplier},"
+           f" delta {plan.delta:.3g})")
     )
     if server:
         console.print(f"dashboard: [link]{dashboard_url(server)}[/link]")
@@ -83,6 +91,11 @@ def run_demo(
         f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}\n"
         f"      fedmerge dashboard --out-dir {cfg.out_path}"
     )
+    if plan is not None:
+        console.print(
+            f"privacy spent: epsilon [bold]{plan.epsilon(result.rounds):.4g}[/bold] at delta "
+            f"{plan.delta:.3g}, user level, {result.rounds} rounds (docs/privacy.md)"
+        )
     if server and keep_dashboard:
         hold_dashboard(server)
     return 0

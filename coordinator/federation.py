@@ -22,6 +22,7 @@ from coordinator.evaluation import CentralEvaluation
 from coordinator.grid import StreamingGrid
 from coordinator.journal import RunJournal
 from coordinator.merge import Merge
+from coordinator.privacy import dp_combiner, plan_of
 from coordinator.replies import ReplyValidator, UpdateLimits
 from coordinator.rounds import RoundLoop
 from coordinator.runs import open_run, server_optimizer
@@ -56,33 +57,40 @@ def run_federation(
         if merge.holds_every_offset:
             log(WARNING, "combiner %s holds every offset of a round: memory O(K x P), not O(P)",
                 cfg.combiner)
+        plan = plan_of(cfg)  # dp central: stop before the round that would exceed the budget
+        last = cfg.num_server_rounds if plan is None else plan.rounds_allowed(cfg.num_server_rounds)
         loop = RoundLoop(
             grid=streaming, strategy=build_strategy(cfg), merge=merge,
             central=CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed), journal=journal,
             checkpoint_dir=cfg.out_path / "checkpoints" / run_id,
             train_config=client_config(cfg), evaluate_config=client_config(cfg),
-            timeout=cfg.round_timeout, seed=cfg.seed, on_commit=on_commit,
+            timeout=cfg.round_timeout, seed=None if plan else cfg.seed, on_commit=on_commit,
         )
         log(INFO, "run %s: %s rounds to go (%s done), db %s", run_id,
-            max(cfg.num_server_rounds - state.round, 0), state.round, db_url)
+            max(last - state.round, 0), state.round, db_url)
         try:
-            state, central = loop.run(state, cfg.num_server_rounds)
+            state, central = loop.run(state, last)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             journal.finish(status, error=f"{type(exc).__name__}: {exc}")
             raise
+        if plan is not None and last < cfg.num_server_rounds:
+            log(WARNING, "%s", plan.stop_reason(last + 1))
+            journal.event("privacy-budget", plan.stop_reason(last + 1))
         journal.finish("completed")
     return FederationResult(run_id, db_url, state.round, central.accuracy, state.params)
 
 
 def build_merge(cfg: MergeConfig) -> Merge:
     """The run's algorithm: validator, combiner and server optimizer."""
-    combiner = make_combiner(cfg.combiner, trim_beta=cfg.trim_beta,
-                             byzantine=cfg.krum_byzantine, clip_norm=cfg.clip_norm)
+    combiner = dp_combiner(cfg) if cfg.dp == "central" else make_combiner(
+        cfg.combiner, trim_beta=cfg.trim_beta, byzantine=cfg.krum_byzantine,
+        clip_norm=cfg.clip_norm)
     limits = UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm,
                           max_norm_ratio=cfg.max_norm_ratio)
     validator = ReplyValidator(limits, full_only=combiner.full_updates_only)
-    return Merge(validator, combiner, server_optimizer(cfg), cfg.gradient_scale)
+    return Merge(validator, combiner, server_optimizer(cfg), cfg.gradient_scale,
+                 privacy=plan_of(cfg))
 
 
 def build_strategy(cfg: MergeConfig) -> MergeStrategy:

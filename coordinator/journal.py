@@ -37,6 +37,10 @@ class RunJournal:
         with self.sessions.begin() as s:
             repo.add_evaluation(s, self.run_id, 0, evaluation)
 
+    def event(self, kind: str, message: str) -> None:
+        with self.sessions.begin() as s:
+            repo.add_event(s, self.run_id, kind, message)
+
     def finish(self, status: str, error: str | None = None) -> None:
         with self.sessions.begin() as s:
             repo.finish_run(s, self.run_id, status, error=error)

@@ -15,17 +15,21 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
+from typing import TYPE_CHECKING
 
 from flwr.common import log
 
 from aggregation import ClientUpdate, OffsetCombiner, Params, ServerOptimizer, ServerState
 from aggregation import objective_gradient as gradient
 from aggregation.combiners import CombinerError, CombineResult
-from client.metrics import NUM_CLIENTS, TRAIN_MEANS
+from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
 from coordinator.evaluation import weighted_means
 from coordinator.grid import Reply
 from coordinator.replies import ReplyValidator, UpdateRejected
+
+if TYPE_CHECKING:
+    from coordinator.privacy import PrivacyPlan
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class MergeReport:
     wait_s: float  # blocked on replies still in flight
     train_metrics: dict[str, float]
     diagnostics: dict[str, object]
+    stepped: bool = True  # whether the optimizer stepped theta this round
 
     @property
     def accepted(self) -> int:
@@ -87,6 +92,7 @@ class Merge:
     combiner: OffsetCombiner
     optimizer: ServerOptimizer
     gradient_scale: float = 1.0  # lam in personal mode, 1 in global mode
+    privacy: PrivacyPlan | None = None  # dp central: epsilon spent, recorded per round
 
     @property
     def holds_every_offset(self) -> bool:
@@ -122,7 +128,9 @@ class Merge:
         for node, reason in result.dropped.items():
             outcomes.reject(node, reason)
 
-        if result.num_clients:
+        # The DP mean always returns every tensor (noise included): it steps even when no
+        # offset was accepted, since skipping the step would tell that.
+        if result.offset:
             grads = gradient(result.offset, scale=self.gradient_scale)
             opt_state = self.optimizer.step(template, grads, state.opt_state)
             state = ServerState(template, opt_state, number)
@@ -132,9 +140,11 @@ class Merge:
         merge_s = time.perf_counter() - t_start - clock.wait_s
 
         clients = outcomes.all()
-        report = MergeReport(number, clients, merge_s, clock.wait_s,
-                             train_metrics([c for c in clients if c.accepted]),
-                             result.diagnostics)
+        metrics = train_metrics([c for c in clients if c.accepted])
+        if self.privacy is not None:  # user-level DP: epsilon spent after this round
+            metrics[DP_EPSILON] = self.privacy.epsilon(number)
+        report = MergeReport(number, clients, merge_s, clock.wait_s, metrics,
+                             result.diagnostics, stepped=bool(result.offset))
         log(INFO, "round %s: merged %s of %s updates in %.1f ms (%s)", number,
             report.accepted, len(clients), 1e3 * merge_s, type(self.combiner).__name__)
         return state, report

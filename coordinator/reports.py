@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
-from client.metrics import TRAIN_LOSS
+from client.metrics import DP_EPSILON, TRAIN_LOSS
 from coordinator.checkpoints import load_checkpoint
 from coordinator.store import make_engine, make_session_factory, repo, resolve_db_url
 
@@ -70,6 +70,7 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
             "evaluate_s": r.evaluate_s, "train_loss": (r.metrics or {}).get(TRAIN_LOSS),
             "round_s": (None if r.finished_at is None
                         else (r.finished_at - r.started_at).total_seconds()),  # wall clock
+            "dp_epsilon": (r.metrics or {}).get(DP_EPSILON),  # user-level DP spent so far
         }
         row.update(evals.get(r.number, {}))
         rows.append(row)
@@ -82,7 +83,7 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
         console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
                       f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
         table = Table("round", "ok", "rej", "loss", "central", "fed", "personal", "wait s",
-                      "merge ms", "round s",
+                      "merge ms", "round s", "eps",
                       caption="accuracy: central (held-out), federated, personalized")
         for h in history(s, r.id):
             status = "" if h["status"] == "committed" else f" {h['status']}"
@@ -92,6 +93,7 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
                 _f(h.get("train_loss"), 3), _f(h.get("central_accuracy"), 3),
                 _f(h.get("federated_accuracy"), 3), _f(h.get("personalized_accuracy"), 3),
                 _f(h.get("wait_s"), 2), _f(merge_ms, 1), _f(h.get("round_s"), 2),
+                _f(h.get("dp_epsilon"), 3),
             )
         console.print(table)
         rejected = [u for u in repo.updates_of(s, r.id) if not u.accepted]

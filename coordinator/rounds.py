@@ -52,7 +52,7 @@ class RoundLoop:
     train_config: ConfigRecord
     evaluate_config: ConfigRecord
     timeout: float
-    seed: int = 0
+    seed: int | None = 0  # of Flower's client sampling; None: the OS's entropy (dp central)
     on_commit: Callable[[RoundRecord], None] | None = None
 
     def run(self, state: ServerState, last_round: int) -> tuple[ServerState, EvaluationRecord]:
@@ -63,7 +63,8 @@ class RoundLoop:
             central = self.central(state.params)
             if state.round == 0:
                 self.journal.initial(central)
-        random.seed(self.seed * 1_000_003 + state.round)  # Flower samples with `random`
+        # Flower samples with `random`; with dp the sample must stay secret (seed None)
+        random.seed(None if self.seed is None else self.seed * 1_000_003 + state.round)
         while state.round < last_round:
             state, record = self.run_round(state)
             central = next(e for e in record.evaluations if e.kind == "central")

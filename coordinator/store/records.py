@@ -14,7 +14,7 @@ from typing import Any
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
 ROUND_STATUSES = ("running", "committed", "aborted")
 EVALUATION_KINDS = ("central", "federated", "personalized")
-EVENT_KINDS = ("resumed", "round-aborted", "round-timeout", "error", "info")
+EVENT_KINDS = ("resumed", "round-aborted", "round-timeout", "error", "info", "privacy-budget")
 
 
 @dataclass(frozen=True)

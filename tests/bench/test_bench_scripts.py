@@ -39,6 +39,7 @@ def test_merge_speed_quick(tmp_path: Path) -> None:
     stdout = run_quick("merge_speed", tmp_path)
     table = check_table(tmp_path, "merge_speed", "merge_speed.png")
     assert "Flower FedAvg.aggregate_train" in table and "ours vs limit" in table
+    assert "DP mean (dp central)" in table
     assert "torch.float32" in table  # the optimizer step kept float32
     assert "| " in stdout
 
@@ -91,3 +92,11 @@ def test_school_quick(tmp_path: Path) -> None:
     run_quick("school", tmp_path)
     table = check_table(tmp_path, "school", "school.png")
     assert "shared-only" in table and "local-only" in table and "personal" in table
+
+
+@pytest.mark.simulation
+def test_privacy_quick(tmp_path: Path) -> None:
+    run_quick("privacy", tmp_path)
+    table = check_table(tmp_path, "privacy")
+    assert "non-private" in table and "dp central, z 1" in table
+    assert "error" not in table.lower()

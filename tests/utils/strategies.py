@@ -13,6 +13,7 @@ from aggregation import OffsetCombiner, ServerOptimizer, ServerState, WeightedMe
 from coordinator.grid import Reply
 from coordinator.merge import Merge, MergeReport
 from coordinator.payloads import params_record
+from coordinator.privacy import PrivacyPlan
 from coordinator.replies import ReplyValidator, UpdateLimits
 
 
@@ -37,7 +38,7 @@ class MergeHarness:
         attributed = (Reply(str(m.metadata.src_node_id), m) for m in replies)
         self.state, report = self.merge(self.state, attributed)
         self.recorder.reports.append(report)
-        if not report.accepted:
+        if not report.stepped:
             return None, None
         return params_record(self.state.params), MetricRecord(report.train_metrics)
 
@@ -45,13 +46,14 @@ class MergeHarness:
 def make_strategy(
     theta: dict[str, np.ndarray], optimizer: ServerOptimizer | None = None,
     combiner: OffsetCombiner | None = None, *, max_norm_ratio: float = 0.0,
-    limits: UpdateLimits | None = None,
+    limits: UpdateLimits | None = None, privacy: PrivacyPlan | None = None,
 ) -> tuple[MergeHarness, Recorder]:
     """A merge whose theta is a copy of ``theta``; sgd lr 1 and the mean by default."""
     params = {k: torch.from_numpy(v.copy()) for k, v in theta.items()}
     opt = optimizer or sgd(lr=1.0)
     combiner = combiner or WeightedMean()
     limits = limits or UpdateLimits(max_norm_ratio=max_norm_ratio)
-    merge = Merge(ReplyValidator(limits, full_only=combiner.full_updates_only), combiner, opt)
+    merge = Merge(ReplyValidator(limits, full_only=combiner.full_updates_only), combiner, opt,
+                  privacy=privacy)
     rec = Recorder()
     return MergeHarness(merge, ServerState(params, opt.init(params)), rec), rec
