@@ -87,6 +87,16 @@ class MergeConfig(BaseModel):
         return self.model_dump(by_alias=True)
 
 
+def resume_overrides(
+    stored: Mapping[str, Any], cfg: MergeConfig, keys: tuple[str, ...]
+) -> dict[str, tuple[Any, Any]]:
+    """Of ``keys``, those ``cfg`` was given explicitly (not defaulted) with a value other
+    than the ``stored`` run config's: key -> (stored value, given value)."""
+    given = {MergeConfig.model_fields[name].alias or name for name in cfg.model_fields_set}
+    now = cfg.as_run_config()
+    return {k: (stored.get(k), now[k]) for k in keys if k in given and stored.get(k) != now[k]}
+
+
 def parse_run_config(run_config: Mapping[str, Any]) -> MergeConfig:
     """Validate Flower's run_config. Raises ``ConfigError`` naming every bad key."""
     known = {f.alias or name for name, f in MergeConfig.model_fields.items()}

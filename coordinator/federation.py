@@ -22,13 +22,15 @@ from client.models import build_model
 from client.task import ClientTask
 from client.trainer import evaluate, load_params
 from coordinator.checkpoints import CheckpointError, load_checkpoint
-from coordinator.config import ConfigError, MergeConfig, parse_run_config
+from coordinator.config import ConfigError, MergeConfig, parse_run_config, resume_overrides
 from coordinator.grid import StreamingGrid
 from coordinator.ledger import RoundLedger
 from coordinator.payloads import params_record
 from coordinator.replies import UpdateLimits
+from coordinator.reports import nothing_to_resume
 from coordinator.store import (
     RoundRecord,
+    in_transaction,
     make_session_factory,
     migrated_engine,
     repo,
@@ -118,8 +120,7 @@ def _federate(
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             repo.finish_run(s, run_id, status, error=f"{type(exc).__name__}: {exc}")
         raise
-    with sessions.begin() as s:
-        repo.finish_run(s, run_id, "completed")
+    in_transaction(sessions, lambda s: repo.finish_run(s, run_id, "completed"))
     final = strategy.state
     acc = ledger.central_accuracy  # the last round's, already measured
     if acc is None:  # nothing left to run: a resumed run that had finished
@@ -183,10 +184,13 @@ def resumed_config(s: Session, cfg: MergeConfig) -> tuple[str, MergeConfig]:
     row = (repo.latest_unfinished_run(s) if cfg.resume_run == "latest"
            else repo.get_run(s, cfg.resume_run))
     if row is None:
-        raise ResumeError(f"no run {cfg.resume_run!r} to resume in the database")
+        raise ResumeError(nothing_to_resume(s, cfg.resume_run))
     stored = dict(row.config)
-    now = cfg.as_run_config()
-    stored.update({k: now[k] for k in RESUME_OVERRIDABLE})
+    changed = resume_overrides(stored, cfg, RESUME_OVERRIDABLE)
+    stored.update({k: new for k, (_, new) in changed.items()})
+    if shown := {k: v for k, v in changed.items() if k != "resume-run"}:
+        log(INFO, "run %s resumes with its stored config; overriding %s", row.id,
+            ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in shown.items()))
     try:
         return row.id, parse_run_config(stored)
     except ConfigError as exc:
@@ -199,7 +203,12 @@ def _resume(sessions, cfg: MergeConfig, flower_run_id) -> tuple[str, MergeConfig
         aborted = repo.abort_inflight_rounds(s, run_id)
         candidates = [(r.number, r.checkpoint_path, r.checkpoint_sha256)
                       for r in repo.committed_rounds(s, run_id)]
-    state, problems = _newest_good_checkpoint(cfg, candidates)
+    try:
+        state, problems = _newest_good_checkpoint(cfg, candidates)
+    except ResumeError as exc:
+        error = f"ResumeError: {exc}"
+        in_transaction(sessions, lambda s: repo.finish_run(s, run_id, "failed", error))
+        raise
     with sessions.begin() as s:
         for p in problems:
             repo.add_event(s, run_id, "error", p)

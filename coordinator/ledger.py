@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregation import ServerState
 from coordinator.checkpoints import save_checkpoint
 from coordinator.grid import StreamingGrid
-from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, repo
+from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, in_transaction, repo
 from coordinator.strategy import MergeReport, RoundObserver, examples_weighted
 
 CentralEval = Callable[[ServerState], tuple[float, float, int]]
@@ -67,8 +67,8 @@ class RoundLedger(RoundObserver):
     def round_started(self, server_round: int) -> None:
         now = datetime.now(UTC)
         self._open = _OpenRound(server_round, now, time.perf_counter())
-        with self.sessions.begin() as s:
-            repo.start_round(s, self.run_id, server_round, now)
+        in_transaction(self.sessions, lambda s: repo.start_round(s, self.run_id, server_round, now),
+                       what=f"round {server_round} start")
 
     def merged(self, report: MergeReport, state: ServerState) -> None:
         r = self._current(report.round)
@@ -118,7 +118,7 @@ class RoundLedger(RoundObserver):
             updates=tuple(_update_record(o) for o in r.report.clients),
             evaluations=tuple(r.evaluations),
         )
-        with self.sessions.begin() as s:
+        def commit(s: Session) -> None:
             repo.commit_round(s, self.run_id, record)
             for kind, t in self.grid.timings.items():
                 if t.timed_out:
@@ -128,6 +128,8 @@ class RoundLedger(RoundObserver):
                         f"{', '.join(t.missing)} within round-timeout; "
                         f"{t.replies} of {t.expected} replies came",
                     )
+        in_transaction(self.sessions, commit, what=f"round {r.number} commit",
+                       done=lambda s: repo.round_is_committed(s, self.run_id, record))
         self.grid.timings.clear()
         self._open = None
         log(

@@ -14,19 +14,28 @@ from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
 from coordinator.checkpoints import load_checkpoint
-from coordinator.store import make_engine, make_session_factory, repo, resolve_db_url
+from coordinator.store import (
+    StoreError,
+    existing_engine,
+    make_session_factory,
+    repo,
+    resolve_db_url,
+)
 
 console = Console()
 
 
 @contextmanager
 def _session(db: str | None, out_dir: Path) -> Iterator[Session]:
-    engine = make_engine(resolve_db_url(db, out_dir.expanduser().resolve()))
+    """A session on an existing store; a missing or unreachable one ends the command with
+    one line (exit 2), and nothing is created."""
+    url = resolve_db_url(db, out_dir.expanduser().resolve())
     try:
-        with make_session_factory(engine)() as s:
+        with existing_engine(url) as engine, make_session_factory(engine)() as s:
             yield s
-    finally:
-        engine.dispose()
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 def _run_or_exit(s: Session, run: str):
@@ -51,6 +60,19 @@ def print_runs(db: str | None, out_dir: Path) -> None:
             table.add_row(r.id[:8], r.name, r.status, r.mode, r.optimizer, r.combiner,
                           f"{done}/{r.num_rounds_planned}", f"{r.started_at:%m-%d %H:%M}")
     console.print(table)
+
+
+def nothing_to_resume(s: Session, wanted: str, *, shown: int = 5) -> str:
+    """Why there is no run ``wanted`` ('latest' or an id) to resume, and the latest runs."""
+    latest = list(repo.list_runs(s))[:shown]
+    what = ("no unfinished run to resume" if wanted == "latest"
+            else f"no run {wanted!r} to resume")
+    if not latest:
+        return f"{what}: the database has no runs"
+    counts = repo.committed_round_counts(s)
+    lines = [f"  {r.id[:8]}  {r.status:<11} {counts.get(r.id, 0)}/{r.num_rounds_planned} "
+             f"rounds  {r.started_at:%Y-%m-%d %H:%M}  {r.name}" for r in latest]
+    return f"{what}; the latest runs:\n" + "\n".join(lines)
 
 
 def history(s: Session, run_id: str) -> list[dict[str, object]]:
@@ -99,12 +121,12 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
 
 
 def export_run(db: str | None, out_dir: Path, run: str, dest: Path) -> list[Path]:
-    dest.mkdir(parents=True, exist_ok=True)
     with _session(db, out_dir) as s:
         r = _run_or_exit(s, run)
         last = repo.last_committed_round(s, r.id)
         rows = history(s, r.id)
         config = dict(r.config)
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     stem = f"fedmerge-{r.id[:8]}"
     if last is not None and last.checkpoint_path and last.checkpoint_sha256:
