@@ -36,6 +36,7 @@ from coordinator.store import (
     repo,
     resolve_db_url,
 )
+from coordinator.store.paths import private_dir
 from coordinator.strategy import MergeStrategy
 
 # On resume these may differ from the stored run's config; everything else must not.
@@ -62,7 +63,7 @@ def run_federation(
     flower_run_id: int | str | None = None,
     on_commit: Callable[[RoundRecord], None] | None = None,
 ) -> FederationResult:
-    cfg.out_path.mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.out_path)
     db_url = resolve_db_url(cfg.db or None, cfg.out_path)
     with migrated_engine(db_url) as engine:
         return _federate(grid, cfg, make_session_factory(engine), db_url,
