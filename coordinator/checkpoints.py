@@ -30,7 +30,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, altered or unreadable; the message names the file."""
 
 
-class CheckpointWriteError(CheckpointError, OSError):
+class CheckpointWriteError(OSError, CheckpointError):
     """The checkpoint could not be written (``errno`` says why, e.g. ENOSPC); the
     previous checkpoints are untouched and no partial file is left."""
 

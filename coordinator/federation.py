@@ -119,6 +119,7 @@ def _federate(
     except BaseException as exc:
         with sessions.begin() as s:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            repo.abort_inflight_rounds(s, run_id)  # never committed: said, not left running
             repo.finish_run(s, run_id, status, error=f"{type(exc).__name__}: {exc}")
         raise
     in_transaction(sessions, lambda s: repo.finish_run(s, run_id, "completed"))
