@@ -44,7 +44,7 @@ class MergeConfig(BaseModel):
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
-    max_examples: int = Field(1_000_000, ge=1, alias="max-examples")
+    max_examples: int = Field(1_000_000, ge=1, le=2**31 - 1, alias="max-examples")
     # --- the clients' task (sent to them in each round's config)
     model: Literal["mlp", "cnn", "gru"] = "mlp"
     dataset: Literal["digits", "shakespeare"] = "digits"
