@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class ConfigError(ValueError):
@@ -18,7 +27,9 @@ class ConfigError(ValueError):
 class MergeConfig(BaseModel):
     """Every knob of a run. Field aliases are the run_config keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # NaN or an infinity is never a meaningful knob (a NaN would even pass gt/lt checks).
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              allow_inf_nan=False)
 
     # --- rounds and sampling
     num_server_rounds: int = Field(5, ge=1, alias="num-server-rounds")
@@ -62,6 +73,25 @@ class MergeConfig(BaseModel):
     out_dir: str = Field("~/.fedmerge", alias="out-dir")
     run_name: str = Field("", alias="run-name")
     resume_run: str = Field("", alias="resume-run")
+
+    @field_validator("out_dir")
+    @classmethod
+    def _usable_dir(cls, value: str) -> str:
+        try:
+            Path(value).expanduser().resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~nosuchuser
+            raise ValueError(f"not a usable path: {exc}") from None
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value:
+            try:
+                make_url(value)
+            except ArgumentError as exc:
+                raise ValueError(f"not a SQLAlchemy database URL: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
