@@ -46,6 +46,7 @@ def _zip_garbage(data: bytes) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("x.npy", data)
+        z.writestr("y.npy", data)
     return buf.getvalue()
 
 
