@@ -63,7 +63,10 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         f"{path}: no array {' or '.join(map(repr, missing))} "
                         f"(it holds {sorted(z.files)}; expected 'x' and 'y')"
                     )
-                return z["x"], z["y"]
+                x, y = z["x"], z["y"]  # a member that is not .npy comes back as bytes
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+                raise LocalDataError(f"{path}: 'x' and 'y' must be .npy arrays (np.savez)")
+            return x, y
         except LocalDataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any bytes at all: numpy's, zipfile's, zlib's

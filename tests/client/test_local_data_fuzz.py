@@ -93,7 +93,8 @@ def test_data_loads_or_the_error_names_the_file(train, val) -> None:
 def test_what_the_fuzzer_found_names_the_file(tmp_path: Path) -> None:
     for data, words in [(b"", "not a readable .npz"), (_npy(np.zeros((2, 64))), "one .npy array"),
                         (b"PK\x03\x04garbage", "not a readable .npz"),
-                        (_zip_garbage(b"\x93NUMPY junk"), "not a readable .npz")]:
+                        (_zip_garbage(b"\x93NUMPY junk"), "not a readable .npz"),
+                        (_zip_garbage(b""), "must be .npy arrays")]:
         (tmp_path / "train.npz").write_bytes(data)
         try:
             check_data_dir(tmp_path)
