@@ -34,6 +34,7 @@ ENV_DB_URL = "FEDMERGE_DB_URL"
 ENV_CONNECT_TIMEOUT = "FEDMERGE_DB_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DB_NAME = "fedmerge.db"
+SERVER_MAX_OVERFLOW = 35  # pool_size 5 + 35 = 40 connections to a database server at most
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -164,6 +165,10 @@ def make_engine(
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "pool_pre_ping": True}
     path = sqlite_path(url)
+    if parsed.get_backend_name() == "postgresql":
+        # As many connections as a web server's worker threads (anyio's 40) may hold at
+        # once: the dashboard's requests then never queue for a connection.
+        kwargs.update(pool_size=5, max_overflow=SERVER_MAX_OVERFLOW)
     if parsed.get_backend_name() == "sqlite":
         if (parsed.database or "") in ("", ":memory:"):
             # One shared connection, so every session (and thread) sees the same memory DB.
