@@ -78,3 +78,16 @@ def test_timeout_values(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(StoreError, match="FEDMERGE_DB_CONNECT_TIMEOUT"):
             connect_timeout_s()
 
+
+
+def test_the_cli_says_it_in_one_line(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    monkeypatch.setenv("FEDMERGE_DB_CONNECT_TIMEOUT", "2")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/runs"
+    result = CliRunner().invoke(app, ["runs", "--db", url])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{silent_server}" in result.output and "unavailable" in result.output
+    assert "Traceback" not in result.output
