@@ -4,7 +4,7 @@ process on 127.0.0.1, and the run's round times against the same run with nobody
 watching. Prints the figures; tests/faults/test_dashboard_load.py checks the same
 load for errors (no timing is asserted there).
 
-    python -m bench.dashboard_load [--rounds 8] [--clients 4] [--pollers 50]
+    python -m bench.dashboard_load [--rounds 8] [--clients 4] [--pollers 50] [--no-page]
 """
 
 from __future__ import annotations
@@ -58,25 +58,27 @@ def _get(client: httpx.Client, path: str, stats: PollStats, page: bool = False) 
 
 
 def watch(base: str, run_id: str, stop: threading.Event, stats: PollStats, interval_s: float,
-          max_s: float) -> None:
+          max_s: float, open_page: bool = True) -> None:
     """One client: opens the run page, then polls the API every ``interval_s`` until
     ``stop`` (or ``max_s``); an answer that is not a 200, or that mentions a locked
     database, and a request that gets no answer are errors."""
     give_up = time.monotonic() + max_s
     with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
-        _get(client, f"/runs/{run_id}", stats, page=True)
+        if open_page:
+            _get(client, f"/runs/{run_id}", stats, page=True)
         while not stop.is_set() and time.monotonic() < give_up:
             for path in api_paths(run_id):
                 _get(client, path, stats)
             stop.wait(interval_s)
 
 
-def start_watchers(base: str, run_id: str, n: int, *, interval_s: float, max_s: float
+def start_watchers(base: str, run_id: str, n: int, *, interval_s: float, max_s: float,
+                   open_page: bool = True
                    ) -> tuple[threading.Event, list[threading.Thread], list[PollStats]]:
     stop = threading.Event()
     stats = [PollStats() for _ in range(n)]
-    threads = [threading.Thread(target=watch, args=(base, run_id, stop, s, interval_s, max_s),
-                                daemon=True) for s in stats]
+    threads = [threading.Thread(target=watch, args=(base, run_id, stop, s, interval_s, max_s,
+                                                    open_page), daemon=True) for s in stats]
     for t in threads:
         t.start()
     return stop, threads, stats
@@ -122,7 +124,8 @@ def _round_times(db: Path, run_id: str) -> list[float]:
     return [(r.finished_at - r.started_at).total_seconds() for r in rows]
 
 
-def _run(out: Path, rounds: int, clients: int, pollers: int) -> tuple[list[float], PollStats]:
+def _run(out: Path, rounds: int, clients: int, pollers: int, open_page: bool = True
+         ) -> tuple[list[float], PollStats]:
     from coordinator.config import parse_run_config
     from coordinator.simulation import simulate
 
@@ -149,7 +152,8 @@ def _run(out: Path, rounds: int, clients: int, pollers: int) -> tuple[list[float
                 started.append(repo.list_runs(s)[0].id)
             engine.dispose()
             stop, threads, stats = start_watchers(f"http://127.0.0.1:{port}", started[0],
-                                                  pollers, interval_s=1.5, max_s=3600)
+                                                  pollers, interval_s=1.5, max_s=3600,
+                                                  open_page=open_page)
 
     try:
         # the store must exist before the dashboard starts: create it by migrating
@@ -179,15 +183,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--clients", type=int, default=4, help="simulated SuperNodes")
     ap.add_argument("--pollers", type=int, default=50, help="concurrent dashboard clients")
+    ap.add_argument("--no-page", action="store_true",
+                    help="the clients only poll the API (no run page with its plots)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         quiet, _ = _run(Path(tmp) / "unwatched", args.rounds, args.clients, 0)
-        watched, stats = _run(Path(tmp) / "watched", args.rounds, args.clients, args.pollers)
+        watched, stats = _run(Path(tmp) / "watched", args.rounds, args.clients, args.pollers,
+                              open_page=not args.no_page)
     quiet = quiet[1:]  # the same rounds as the watched run's
     ratio = statistics.mean(watched) / statistics.mean(quiet)
     lat = sorted(stats.latencies) or [float("nan")]
     page = sorted(stats.page_latencies) or [float("nan")]
-    print(f"rounds {args.rounds}, {args.clients} clients, {args.pollers} pollers")
+    print(f"rounds {args.rounds}, {args.clients} clients, {args.pollers} pollers"
+          f"{' (API only)' if args.no_page else ''}")
     print(f"unwatched round s: mean {statistics.mean(quiet):.3f} median "
           f"{statistics.median(quiet):.3f}")
     print(f"watched   round s: mean {statistics.mean(watched):.3f} median "
