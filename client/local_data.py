@@ -55,17 +55,23 @@ DIGITS_FORMAT = DataSpec(features=64, num_classes=10)
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise LocalDataError(f"{path}: one .npy array, not an .npz archive of 'x' and 'y'")
+            with z:
                 missing = [k for k in ("x", "y") if k not in z.files]
                 if missing:
                     raise LocalDataError(
                         f"{path}: no array {' or '.join(map(repr, missing))} "
                         f"(it holds {sorted(z.files)}; expected 'x' and 'y')"
                     )
-                return z["x"], z["y"]
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, LocalDataError):
-                raise
+                x, y = z["x"], z["y"]  # a member that is not .npy comes back as bytes
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+                raise LocalDataError(f"{path}: 'x' and 'y' must be .npy arrays (np.savez)")
+            return x, y
+        except LocalDataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bytes at all: numpy's, zipfile's, zlib's
             raise LocalDataError(f"{path}: not a readable .npz file ({exc})") from None
     try:
         first = path.open().readline()

@@ -9,7 +9,8 @@ certificate, and SuperNode authentication key pairs.
                               what ``flower-supernode --auth-supernode-private-key`` reads
                               and ``flwr supernode register`` takes
 
-Private keys are written 0600. Existing files are never overwritten unless ``force``.
+Private keys are written 0600 (also over an existing file), public files 0644, and a
+directory made here 0700, whatever the umask. Existing files are never overwritten unless ``force``.
 For production, a CA your organisation already runs is better than this one.
 """
 
@@ -26,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from coordinator.store.paths import private_dir
 
 LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
 
@@ -77,9 +80,13 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    """Write ``path`` with mode 0600 (private) or 0644, whatever the umask and whatever
+    mode a file it replaces had; a new directory is made 0700."""
+    private_dir(path.parent)
+    mode = 0o600 if private else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)  # before the first byte: a key is never readable
         f.write(data)
 
 

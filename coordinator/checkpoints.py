@@ -21,11 +21,18 @@ from pathlib import Path
 import safetensors.torch
 from torch import Tensor
 
+from coordinator.store.paths import private_dir
+
 SLOT_PREFIX = "opt."
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, altered or unreadable; the message names the file."""
+
+
+class CheckpointWriteError(OSError, CheckpointError):
+    """The checkpoint could not be written (``errno`` says why, e.g. ENOSPC); the
+    previous checkpoints are untouched and no partial file is left."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,7 @@ def save_checkpoint(
     opt_slots: dict[str, dict[str, Tensor]],
 ) -> tuple[Path, str]:
     """Write the round's checkpoint atomically; returns (path, sha256 hex of its bytes)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(Path(directory))  # made 0700; the file is 0600 (mkstemp)
     path = directory / checkpoint_name(round_number)
     metadata = {
         "round": str(round_number),
@@ -103,9 +109,13 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):  # e.g. ENOSPC: the disk filled up
+            why = exc.strerror or str(exc)
+            raise CheckpointWriteError(exc.errno, f"cannot write checkpoint {path}: {why}"
+                                       ) from exc
         raise
     _fsync_dir(directory)
     return path, digest

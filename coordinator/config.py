@@ -19,6 +19,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from client.tasks.api import TaskError
 
@@ -34,7 +36,9 @@ class ConfigError(ValueError):
 class MergeConfig(BaseModel):
     """Every knob of a run. Field aliases are the run_config keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # NaN or an infinity is never a meaningful knob (a NaN would even pass gt/lt checks).
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              allow_inf_nan=False)
 
     # --- rounds and sampling
     num_server_rounds: int = Field(5, ge=1, alias="num-server-rounds")
@@ -60,7 +64,7 @@ class MergeConfig(BaseModel):
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
-    max_examples: int = Field(1_000_000, ge=1, alias="max-examples")
+    max_examples: int = Field(1_000_000, ge=1, le=2**31 - 1, alias="max-examples")
     # --- user-level differential privacy (docs/privacy.md); 0 = unset / automatic
     dp: Literal["off", "central"] = "off"
     dp_clip: float = Field(0.0, ge=0.0, alias="dp-clip")
@@ -103,6 +107,25 @@ class MergeConfig(BaseModel):
             return canonical(value if isinstance(value, Mapping) else str(value))
         except TaskError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("out_dir")
+    @classmethod
+    def _usable_dir(cls, value: str) -> str:
+        try:
+            Path(value).expanduser().resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~nosuchuser
+            raise ValueError(f"not a usable path: {exc}") from None
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value:
+            try:
+                make_url(value)
+            except ArgumentError as exc:
+                raise ValueError(f"not a SQLAlchemy database URL: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
@@ -189,6 +212,15 @@ def task_from_deprecated_keys(data: Mapping[str, Any]) -> dict[str, Any]:
     warnings.warn(message, DeprecationWarning, stacklevel=2)
     logging.getLogger(__name__).warning(message)
     return out
+
+def resume_overrides(
+    stored: Mapping[str, Any], cfg: MergeConfig, keys: tuple[str, ...]
+) -> dict[str, tuple[Any, Any]]:
+    """Of ``keys``, those ``cfg`` was given explicitly (not defaulted) with a value other
+    than the ``stored`` run config's: key -> (stored value, given value)."""
+    given = {MergeConfig.model_fields[name].alias or name for name in cfg.model_fields_set}
+    now = cfg.as_run_config()
+    return {k: (stored.get(k), now[k]) for k in keys if k in given and stored.get(k) != now[k]}
 
 
 def parse_run_config(run_config: Mapping[str, Any]) -> MergeConfig:

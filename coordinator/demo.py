@@ -13,15 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from client.metrics import DP_EPSILON, TRAIN_LOSS
-from coordinator.config import ConfigError, MergeConfig, parse_run_config
+from coordinator.config import ConfigError, MergeConfig, parse_run_config, resume_overrides
 from coordinator.privacy import plan_of
-from coordinator.runs import ResumeError, resumed_config
+from coordinator.runs import RESUME_OVERRIDABLE, ResumeError, resumed_config
 from coordinator.simulation import simulate
 from coordinator.store import (
     RoundRecord,
     StoreError,
     make_session_factory,
     migrated_engine,
+    repo,
     resolve_db_url,
 )
 
@@ -119,7 +120,14 @@ def _checked_store(cfg: MergeConfig) -> MergeConfig:
     with migrated_engine(resolve_db_url(cfg.db or None, cfg.out_path)) as engine:
         if cfg.resume_run:
             with make_session_factory(engine).begin() as s:
-                _, cfg = resumed_config(s, cfg)
+                run_id, resumed = resumed_config(s, cfg)
+                stored = dict(repo.get_run(s, run_id).config)
+            changed = resume_overrides(stored, cfg, RESUME_OVERRIDABLE)
+            said = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
+                             if k != "resume-run")
+            console.print(f"resuming run {run_id} with its stored config"
+                          + (f"; overriding {said}" if said else ""), soft_wrap=True)
+            return resumed
     return cfg
 
 

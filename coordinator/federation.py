@@ -27,6 +27,7 @@ from coordinator.replies import ReplyValidator, UpdateLimits
 from coordinator.rounds import RoundLoop
 from coordinator.runs import open_run, server_optimizer
 from coordinator.store import RoundRecord, make_session_factory, migrated_engine, resolve_db_url
+from coordinator.store.paths import private_dir
 from coordinator.strategy import MergeStrategy
 
 
@@ -46,7 +47,7 @@ def run_federation(
     flower_run_id: int | str | None = None,
     on_commit: Callable[[RoundRecord], None] | None = None,
 ) -> FederationResult:
-    cfg.out_path.mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.out_path)
     db_url = resolve_db_url(cfg.db or None, cfg.out_path)
     with migrated_engine(db_url) as engine:
         sessions = make_session_factory(engine)

@@ -3,7 +3,9 @@
 Per round two writes: ``open_round`` marks it in flight when it starts (a coordinator
 that dies mid-round leaves it 'running', and resume marks it aborted), and ``commit``
 records it whole, after its checkpoint is on disk: the round row, its client updates,
-its evaluations and its events, in one transaction.
+its evaluations and its events, in one transaction. Each write is retried over a lost
+database connection (``in_transaction``), and a commit whose acknowledgement was lost is
+not written twice.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.store import EvaluationRecord, RoundRecord, repo
+from coordinator.store import EvaluationRecord, RoundRecord, in_transaction, repo
 
 
 class RunJournal:
@@ -22,15 +24,19 @@ class RunJournal:
         self.run_id = run_id
 
     def open_round(self, number: int, started_at: datetime) -> None:
-        with self.sessions.begin() as s:
-            repo.start_round(s, self.run_id, number, started_at)
+        in_transaction(self.sessions,
+                       lambda s: repo.start_round(s, self.run_id, number, started_at),
+                       what=f"round {number} start")
 
     def commit(self, record: RoundRecord, events: Sequence[tuple[str, str]] = ()) -> None:
         """The round, whole; ``events``: (kind, message) pairs recorded with it."""
-        with self.sessions.begin() as s:
+        def commit(s: Session) -> None:
             repo.commit_round(s, self.run_id, record)
             for kind, message in events:
                 repo.add_event(s, self.run_id, kind, message)
+
+        in_transaction(self.sessions, commit, what=f"round {record.number} commit",
+                       done=lambda s: repo.round_is_committed(s, self.run_id, record))
 
     def initial(self, evaluation: EvaluationRecord) -> None:
         """The initial model's evaluation, as round 0."""
@@ -42,5 +48,12 @@ class RunJournal:
             repo.add_event(s, self.run_id, kind, message)
 
     def finish(self, status: str, error: str | None = None) -> None:
-        with self.sessions.begin() as s:
+        """The run's end; a run that did not complete has no round left in flight (its
+        round was never committed: say so, rather than leave it 'running')."""
+
+        def finish(s: Session) -> None:
+            if status != "completed":
+                repo.abort_inflight_rounds(s, self.run_id)
             repo.finish_run(s, self.run_id, status, error=error)
+
+        in_transaction(self.sessions, finish, what=f"run {self.run_id} {status}")

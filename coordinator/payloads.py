@@ -43,7 +43,7 @@ class PayloadError(ValueError):
 def tensor_view(array: Array, name: str) -> torch.Tensor:
     """A zero-copy, read-only torch view of an ``Array``'s .npy payload."""
     data = array.data
-    if data[:6] != b"\x93NUMPY":
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
         raise PayloadError(f"tensor {name!r}: payload is not .npy")
     major = data[6]
     if major == 1:
@@ -54,7 +54,7 @@ def tensor_view(array: Array, name: str) -> torch.Tensor:
         raise PayloadError(f"tensor {name!r}: unsupported .npy version {major}")
     try:
         descr, fortran, shape = _header(data[start : start + hlen].decode("latin1"))
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
+    except (ValueError, SyntaxError, KeyError, TypeError, RecursionError, MemoryError) as exc:
         raise PayloadError(f"tensor {name!r}: malformed .npy header ({exc})") from None
     dtype = _TORCH_DTYPES.get(descr)
     if dtype is None:
@@ -90,7 +90,13 @@ def _header(text: str) -> tuple[str, bool, tuple[int, ...]]:
         shape = tuple(int(d) for d in m.group(3).replace(",", " ").split())
         return m.group(1), m.group(2) == "True", shape
     header = ast.literal_eval(text)
-    return header["descr"], bool(header["fortran_order"]), tuple(header["shape"])
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(descr, str) or not isinstance(fortran, bool) or not (
+        isinstance(shape, tuple)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise ValueError(f"descr, fortran_order or shape of the wrong type: {text[:80]!r}")
+    return descr, fortran, shape
 
 
 def tensor_array(tensor: torch.Tensor) -> Array:

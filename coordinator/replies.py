@@ -25,6 +25,9 @@ from aggregation.combiners import update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 from coordinator.payloads import PayloadError, tensor_view
 
+PARTITION_ID = "partition-id"
+STORE_INT_MAX = 2**31 - 1  # the run store's integer columns (partition id, example counts)
+
 
 class UpdateRejected(ValueError):
     """A reply that must not be merged; ``str(exc)`` is the reason that gets recorded."""
@@ -107,6 +110,8 @@ def decode_reply(
     raw = metrics.get(NUM_EXAMPLES)
     if raw is None:
         raise UpdateRejected(f"missing metric {NUM_EXAMPLES!r}")
+    if not isinstance(raw, int | float):
+        raise UpdateRejected(f"{NUM_EXAMPLES} must be a number, got {raw!r}")
     examples = float(raw)
     if not math.isfinite(examples) or examples <= 0:
         raise UpdateRejected(f"{NUM_EXAMPLES} must be > 0, got {raw}")
@@ -136,6 +141,8 @@ def decode_reply(
 
     client_id = str(msg.metadata.src_node_id) if node_id is None else node_id
     plain = numeric(metrics)
+    if (problem := _metrics_problem(plain)) is not None:
+        raise UpdateRejected(problem)
     return DecodedReply(ClientUpdate(offset, examples, fisher, client_id, norm), plain)
 
 
@@ -149,7 +156,20 @@ def reply_metrics(msg: Message) -> dict[str, float] | None:
     MetricRecord under ``METRICS_KEY``."""
     if msg.has_error() or not isinstance(msg.content.get(METRICS_KEY), MetricRecord):
         return None
-    return numeric(msg.content[METRICS_KEY])
+    metrics = numeric(msg.content[METRICS_KEY])
+    return None if _metrics_problem(metrics) is not None else metrics
+
+
+def _metrics_problem(metrics: dict[str, float]) -> str | None:
+    """Why these metrics cannot be recorded as they are, or None: the partition id and
+    the example count must be integers the run store can hold."""
+    for key in (PARTITION_ID, NUM_EXAMPLES):
+        value = metrics.get(key)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value == int(value) and 0 <= value <= STORE_INT_MAX):
+            return f"metric {key} must be an integer in 0..{STORE_INT_MAX}, got {value}"
+    return None
 
 
 def _check_fisher_values(fisher: Params) -> None:

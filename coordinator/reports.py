@@ -15,19 +15,28 @@ from sqlalchemy.orm import Session
 
 from client.metrics import DP_EPSILON, TRAIN_LOSS
 from coordinator.checkpoints import load_checkpoint
-from coordinator.store import make_engine, make_session_factory, repo, resolve_db_url
+from coordinator.store import (
+    StoreError,
+    existing_engine,
+    make_session_factory,
+    repo,
+    resolve_db_url,
+)
 
 console = Console()
 
 
 @contextmanager
 def _session(db: str | None, out_dir: Path) -> Iterator[Session]:
-    engine = make_engine(resolve_db_url(db, out_dir.expanduser().resolve()))
+    """A session on an existing store; a missing or unreachable one ends the command with
+    one line (exit 2), and nothing is created."""
+    url = resolve_db_url(db, out_dir.expanduser().resolve())
     try:
-        with make_session_factory(engine)() as s:
+        with existing_engine(url) as engine, make_session_factory(engine)() as s:
             yield s
-    finally:
-        engine.dispose()
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 def _run_or_exit(s: Session, run: str):
@@ -106,12 +115,12 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
 
 
 def export_run(db: str | None, out_dir: Path, run: str, dest: Path) -> list[Path]:
-    dest.mkdir(parents=True, exist_ok=True)
     with _session(db, out_dir) as s:
         r = _run_or_exit(s, run)
         last = repo.last_committed_round(s, r.id)
         rows = history(s, r.id)
         config = dict(r.config)
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     stem = f"fedmerge-{r.id[:8]}"
     if last is not None and last.checkpoint_path and last.checkpoint_sha256:

@@ -18,8 +18,8 @@ from aggregation import OptimizerState, ServerOptimizer, ServerState, make_optim
 from client.tasks.registry import load_task
 from client.tasks.runtime import build_model, shared_params
 from coordinator.checkpoints import CheckpointError, load_checkpoint
-from coordinator.config import ConfigError, MergeConfig, parse_run_config
-from coordinator.store import repo
+from coordinator.config import ConfigError, MergeConfig, parse_run_config, resume_overrides
+from coordinator.store import in_transaction, repo
 
 # On resume these may differ from the stored run's config; everything else must not.
 RESUME_OVERRIDABLE = ("num-server-rounds", "resume-run", "db", "out-dir", "round-timeout")
@@ -68,14 +68,30 @@ def resumed_config(s: Session, cfg: MergeConfig) -> tuple[str, MergeConfig]:
     row = (repo.latest_unfinished_run(s) if cfg.resume_run == "latest"
            else repo.get_run(s, cfg.resume_run))
     if row is None:
-        raise ResumeError(f"no run {cfg.resume_run!r} to resume in the database")
+        raise ResumeError(nothing_to_resume(s, cfg.resume_run))
     stored = dict(row.config)
-    now = cfg.as_run_config()
-    stored.update({k: now[k] for k in RESUME_OVERRIDABLE})
+    changed = resume_overrides(stored, cfg, RESUME_OVERRIDABLE)
+    stored.update({k: new for k, (_, new) in changed.items()})
+    if shown := {k: v for k, v in changed.items() if k != "resume-run"}:
+        log(INFO, "run %s resumes with its stored config; overriding %s", row.id,
+            ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in shown.items()))
     try:
         return row.id, parse_run_config(stored)
     except ConfigError as exc:
         raise ResumeError(f"run {row.id}: stored config no longer valid: {exc}") from None
+
+
+def nothing_to_resume(s: Session, wanted: str, *, shown: int = 5) -> str:
+    """Why there is no run ``wanted`` ('latest' or an id) to resume, and the latest runs."""
+    latest = list(repo.list_runs(s))[:shown]
+    what = ("no unfinished run to resume" if wanted == "latest"
+            else f"no run {wanted!r} to resume")
+    if not latest:
+        return f"{what}: the database has no runs"
+    counts = repo.committed_round_counts(s)
+    lines = [f"  {r.id[:8]}  {r.status:<11} {counts.get(r.id, 0)}/{r.num_rounds_planned} "
+             f"rounds  {r.started_at:%Y-%m-%d %H:%M}  {r.name}" for r in latest]
+    return f"{what}; the latest runs:\n" + "\n".join(lines)
 
 
 def resume_run(
@@ -86,7 +102,12 @@ def resume_run(
         aborted = repo.abort_inflight_rounds(s, run_id)
         candidates = [(r.number, r.checkpoint_path, r.checkpoint_sha256)
                       for r in repo.committed_rounds(s, run_id)]
-    state, problems = newest_good_checkpoint(cfg, candidates)
+    try:
+        state, problems = newest_good_checkpoint(cfg, candidates)
+    except ResumeError as exc:  # the run cannot go on: say so in the store, not only here
+        error = f"ResumeError: {exc}"
+        in_transaction(sessions, lambda s: repo.finish_run(s, run_id, "failed", error))
+        raise
     with sessions.begin() as s:
         for p in problems:
             repo.add_event(s, run_id, "error", p)

@@ -64,7 +64,9 @@ def _postgres_read_only(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_reader(url: str) -> Engine:
-    engine = create_engine(readonly_url(url), pool_pre_ping=True)
+    # SQLite has no server-side connection limit: no pool queue (QueuePool's 5 + 10 made
+    # requests beyond 15 in flight wait, then fail with 503 under 50 watching clients).
+    engine = create_engine(readonly_url(url), pool_pre_ping=True, max_overflow=-1)
     event.listen(engine, "connect", _sqlite_reader_on_connect)
     event.listen(engine, "begin", sqlite_begin)
     return engine

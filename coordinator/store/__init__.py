@@ -11,10 +11,13 @@ dashboard reads the store with only SQLAlchemy installed.
 
 from coordinator.store import repo
 from coordinator.store.db import (
+    NoStore,
     StoreError,
     StoreUnavailable,
     UnmanagedDatabase,
+    connect_timeout_s,
     current_revision,
+    existing_engine,
     make_engine,
     make_session_factory,
     mask_url,
@@ -25,15 +28,22 @@ from coordinator.store.db import (
     upgrade_to_head,
 )
 from coordinator.store.records import EvaluationRecord, RoundRecord, UpdateRecord
+from coordinator.store.retry import DEFAULT_RETRY, RetryPolicy, in_transaction
 
 __all__ = [
+    "DEFAULT_RETRY",
     "EvaluationRecord",
+    "NoStore",
+    "RetryPolicy",
     "RoundRecord",
     "StoreError",
     "StoreUnavailable",
     "UnmanagedDatabase",
     "UpdateRecord",
+    "connect_timeout_s",
     "current_revision",
+    "existing_engine",
+    "in_transaction",
     "make_engine",
     "make_session_factory",
     "mask_url",

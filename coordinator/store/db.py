@@ -28,8 +28,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from coordinator.store.paths import private_dir, private_file
+
 ENV_DB_URL = "FEDMERGE_DB_URL"
+ENV_CONNECT_TIMEOUT = "FEDMERGE_DB_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DB_NAME = "fedmerge.db"
+SERVER_MAX_OVERFLOW = 35  # pool_size 5 + 35 = 40 connections to a database server at most
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -45,6 +50,10 @@ class StoreUnavailable(StoreError):
         self.url = mask_url(url)
         self.reason = reason
         super().__init__(f"run store {self.url} is unavailable: {reason}")
+
+
+class NoStore(StoreError):
+    """There is no run store where one was looked for (nothing has run there yet)."""
 
 
 class UnmanagedDatabase(StoreError):
@@ -115,22 +124,68 @@ def sqlite_pragma(dbapi_conn: Any, pragma: str) -> None:
         cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; connects lazily (``upgrade_to_head`` or ``ping`` checks it)."""
+def connect_timeout_s(value: float | str | None = None) -> float:
+    """Seconds to wait for a database server to answer a connection: ``value``, else
+    $FEDMERGE_DB_CONNECT_TIMEOUT, else 5. A URL's own ``connect_timeout`` wins over both."""
+    source = "db connect timeout"
+    if value is None:
+        value = os.environ.get(ENV_CONNECT_TIMEOUT) or None
+        source = f"${ENV_CONNECT_TIMEOUT}"
+    if value is None:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{source}: expected seconds, got {value!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise StoreError(f"{source}: expected seconds > 0, got {value!r}")
+    return seconds
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names; None for other backends, memory and ``file:`` URIs."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def make_engine(
+    url: str, *, connect_timeout: float | None = None, create_dirs: bool = True
+) -> Engine:
+    """An engine for ``url``; connects lazily (``upgrade_to_head`` or ``ping`` checks it).
+
+    A server that does not answer fails the connection after ``connect_timeout`` seconds
+    (``connect_timeout_s``). A SQLite file is created owner-only (0600; SQLite gives its
+    -wal and -shm files the same mode), in a directory made 0700 if ``create_dirs`` has
+    to make it."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "pool_pre_ping": True}
+    path = sqlite_path(url)
+    if parsed.get_backend_name() == "postgresql":
+        # As many connections as a web server's worker threads (anyio's 40) may hold at
+        # once: the dashboard's requests then never queue for a connection.
+        kwargs.update(pool_size=5, max_overflow=SERVER_MAX_OVERFLOW)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:"):
+        if (parsed.database or "") in ("", ":memory:"):
             # One shared connection, so every session (and thread) sees the same memory DB.
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-        elif not database.startswith("file:"):
+        elif path is not None and create_dirs:
             try:
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
             except OSError as exc:
                 raise StoreUnavailable(url, f"cannot create its directory: {exc}") from exc
+    elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        seconds = connect_timeout_s(connect_timeout)
+        # libpq (and psycopg) count whole seconds, at least 2.
+        kwargs["connect_args"] = {"connect_timeout": max(2, math.ceil(seconds))}
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
+        if path is not None:
+            event.listen(engine, "do_connect", lambda *_: private_file(path))
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", sqlite_begin)
     return engine
@@ -199,6 +254,24 @@ def upgrade_to(engine: Engine, revision: str) -> None:
 
 def upgrade_to_head(engine: Engine) -> None:
     upgrade_to(engine, "head")
+
+
+@contextmanager
+def existing_engine(url: str) -> Iterator[Engine]:
+    """An engine on a run store that must already exist, for the commands that only read
+    it: ``NoStore`` when the SQLite file is absent (and none is created) or the database
+    has no fedmerge schema; ``StoreUnavailable`` when it cannot be reached."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise NoStore(f"no run store at {path}: nothing has run with this --out-dir yet "
+                      f"(or pass --db / ${ENV_DB_URL})")
+    engine = make_engine(url, create_dirs=False)
+    try:
+        if current_revision(engine) is None:
+            raise NoStore(f"{mask_url(url)} holds no fedmerge run store (no schema)")
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @contextmanager

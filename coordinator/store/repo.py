@@ -239,6 +239,14 @@ def commit_round(s: Session, run_id: str, record: RoundRecord) -> None:
     s.flush()
 
 
+def round_is_committed(s: Session, run_id: str, record: RoundRecord) -> bool:
+    """Whether ``record`` is in the store already: a retried commit whose first COMMIT
+    went through though its acknowledgement was lost."""
+    row = _round(s, run_id, record.number)
+    return (row is not None and row.status == "committed"
+            and row.checkpoint_sha256 == record.checkpoint_sha256)
+
+
 def _abort(s: Session, run_id: str, rows: Sequence[RoundRow], why: str) -> list[int]:
     for row in rows:
         row.status = "aborted"
