@@ -96,7 +96,7 @@ def start_dashboard(out_dir: Path, port: int, log: Path, timeout_s: float = 60.0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("FEDMERGE_DB_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "dashboard", "--out-dir", str(out_dir),
+        [sys.executable, "-m", "fedmerge.cli", "dashboard", "--out-dir", str(out_dir),
          "--port", str(port)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
     )

@@ -1,6 +1,8 @@
 """The dependency rules of STYLE.md: aggregation is pure torch; the store imports
 neither torch nor flwr; the dashboard reads only the store; the client knows no
-coordinator. Checked on the source's import statements, so a lazy import counts too."""
+coordinator; the coordinator (the server) knows neither the command line and deployment
+processes (fedmerge/) nor the dashboard. Checked on the source's import statements, so a
+lazy import counts too."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = {"aggregation", "client", "coordinator", "dashboard"}
+PROJECT = {"aggregation", "client", "coordinator", "dashboard", "fedmerge"}
 
 
 def imports_of(folder: str) -> dict[str, set[str]]:
@@ -44,6 +46,8 @@ def offending(folder: str, allowed_project: set[str], banned: set[str]) -> list[
         ("coordinator/store", {"coordinator.store"}, {"torch", "flwr"}),
         ("dashboard", {"dashboard", "coordinator.store"}, {"torch", "flwr"}),
         ("client", {"client"}, set()),
+        # The server: no command line, no deployment processes, no dashboard.
+        ("coordinator", {"aggregation", "client", "coordinator", "coordinator.store"}, set()),
     ],
 )
 def test_dependency_direction(folder: str, allowed: set[str], banned: set[str]) -> None:

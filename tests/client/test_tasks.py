@@ -260,7 +260,7 @@ def test_the_client_app_trains_the_runs_task(task: str, config: str, tensors: se
 def test_a_worker_refuses_at_start_a_csv_that_does_not_fit_the_task(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from coordinator.cli import app
+    from fedmerge.cli import app
 
     _write(tmp_path / "data", HEADER.replace("segment", "tier"), [f"{ROW},gold"] * 4)
     result = CliRunner().invoke(app, [

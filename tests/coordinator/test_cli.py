@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from coordinator.checkpoints import save_checkpoint
-from coordinator.cli import app
 from coordinator.store import (
     EvaluationRecord,
     RoundRecord,
@@ -22,6 +21,7 @@ from coordinator.store import (
     repo,
     upgrade_to_head,
 )
+from fedmerge.cli import app
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from coordinator.cli import app
+from fedmerge.cli import app
 
 runner = CliRunner()
 

@@ -20,9 +20,9 @@ from dp_accounting import NeighboringRelation, dp_event
 from dp_accounting.rdp import RdpAccountant
 
 from coordinator.config import parse_run_config
-from coordinator.reports import history
 from coordinator.simulation import simulate
 from coordinator.store import make_engine, make_session_factory, repo
+from fedmerge.reports import history
 
 pytestmark = pytest.mark.simulation
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from coordinator.reports import history
 from coordinator.store import (
     EvaluationRecord,
     RoundRecord,
@@ -15,6 +14,7 @@ from coordinator.store import (
     repo,
 )
 from dashboard import queries
+from fedmerge.reports import history
 
 
 def _round(number: int, acc: float) -> RoundRecord:

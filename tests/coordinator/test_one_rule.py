@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.deploy import service
 from dashboard import settings
+from fedmerge.deploy import service
 
 
 def test_the_coordinator_uses_the_dashboards_loopback_rule() -> None:

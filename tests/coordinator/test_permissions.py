@@ -12,12 +12,12 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from coordinator.certs import make_certs
 from coordinator.checkpoints import save_checkpoint
 from coordinator.config import parse_run_config
 from coordinator.federation import run_federation
 from coordinator.runs import ResumeError
 from coordinator.store import migrated_engine
+from fedmerge.certs import make_certs
 
 
 def mode(path: Path) -> int:

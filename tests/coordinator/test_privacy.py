@@ -15,7 +15,6 @@ from dp_accounting.rdp import RdpAccountant
 from typer.testing import CliRunner
 
 from aggregation import adam
-from coordinator.cli import app
 from coordinator.config import ConfigError, parse_run_config
 from coordinator.federation import build_merge
 from coordinator.privacy import DEMO_SETTINGS, dp_combiner, plan_of
@@ -26,6 +25,7 @@ from coordinator.store import (
     repo,
     upgrade_to_head,
 )
+from fedmerge.cli import app
 from tests.utils.replies import reply
 from tests.utils.strategies import make_strategy
 

@@ -45,7 +45,7 @@ def _final(db_url: str, run_id: str) -> tuple[dict[str, torch.Tensor], list, lis
 def _kill_mid_round(out: Path, in_flight: int) -> None:
     """Start a run in a child process; SIGKILL its whole process group while round
     ``in_flight`` is running (the rounds before it committed)."""
-    args = [sys.executable, "-m", "coordinator.cli", "demo", "--no-dashboard",
+    args = [sys.executable, "-m", "fedmerge.cli", "demo", "--no-dashboard",
             "--out-dir", str(out), "--clients", "3", "--rounds", "6", "--optimizer", "adam",
             "--server-lr", "0.05", "--seed", "7", "--set", "local-epochs=3", "--set", "min-nodes=3"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,

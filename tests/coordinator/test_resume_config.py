@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli import app
 from coordinator.config import parse_run_config
 from coordinator.federation import run_federation
 from coordinator.runs import ResumeError, resumed_config
@@ -20,6 +19,7 @@ from coordinator.store import (
     repo,
     upgrade_to_head,
 )
+from fedmerge.cli import app
 
 runner = CliRunner()
 

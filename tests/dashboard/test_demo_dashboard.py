@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.demo import _start_dashboard, dashboard_url, hold_dashboard
 from coordinator.store import make_engine, make_session_factory, upgrade_to_head
 from dashboard.server import serve_in_thread
+from fedmerge.demo import _start_dashboard, dashboard_url, hold_dashboard
 from tests.dashboard import factories
 
 

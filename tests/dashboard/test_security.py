@@ -99,7 +99,7 @@ def test_a_too_short_token_is_one_line_that_never_echoes_it() -> None:
 
 def test_the_cli_says_it_in_one_line_without_the_token(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "dashboard", "--out-dir", str(tmp_path),
+        [sys.executable, "-m", "fedmerge.cli", "dashboard", "--out-dir", str(tmp_path),
          "--port", "0"],
         env={**os.environ, "FEDMERGE_DASHBOARD_TOKEN": SECRET_SHORT, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=60,

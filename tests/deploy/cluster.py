@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.deploy.procs import free_port, port_open
+from fedmerge.deploy.procs import free_port, port_open
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "FEDMERGE_DEPLOY_TEST_TAG"
@@ -80,7 +80,7 @@ class LocalCluster:
         log = self.root / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", *argv], cwd=REPO, env=self.env,
+                [sys.executable, "-m", "fedmerge.cli", *argv], cwd=REPO, env=self.env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: killpg takes the tree
             )

@@ -1,4 +1,4 @@
-"""``coordinator/certs.py``: what Flower and TLS clients will accept."""
+"""``fedmerge/certs.py``: what Flower and TLS clients will accept."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 from typer.testing import CliRunner
 
-from coordinator.certs import CertsExist, make_certs
-from coordinator.cli import app
+from fedmerge.certs import CertsExist, make_certs
+from fedmerge.cli import app
 
 
 def test_server_certificate_names_loopback_and_the_given_hosts(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import pytest
 
 from client.data import digits_split
 from client.local_data import write_local_data
-from coordinator.certs import make_certs
-from coordinator.deploy.procs import flwr_executable, free_port
-from coordinator.deploy.submit import write_connection
 from coordinator.store import make_engine, make_session_factory, repo
+from fedmerge.certs import make_certs
+from fedmerge.deploy.procs import flwr_executable, free_port
+from fedmerge.deploy.submit import write_connection
 from tests.deploy.cluster import REPO, LocalCluster
 
 pytestmark = pytest.mark.deployment

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.deploy.procs import free_port
+from fedmerge.deploy.procs import free_port
 from tests.deploy.cluster import TAG, LocalCluster
 
 pytestmark = pytest.mark.deployment

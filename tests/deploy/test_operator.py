@@ -16,19 +16,19 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from coordinator.cli import app
-from coordinator.deploy.connection import ConnectionWatch
-from coordinator.deploy.lock import WorkDirBusy, WorkDirLock
-from coordinator.deploy.operator import (
+from coordinator.home import fedmerge_home, out_dir_or_home
+from fedmerge.cli import app
+from fedmerge.deploy.connection import ConnectionWatch
+from fedmerge.deploy.lock import WorkDirBusy, WorkDirLock
+from fedmerge.deploy.operator import (
     client_token,
     coordinator_token_file,
     store_for_flwr_cli,
 )
-from coordinator.deploy.procs import ServiceError
-from coordinator.deploy.submit import check_run_config
-from coordinator.deploy.superlink import FleetOnlyOffLoopback, operator_authn
-from coordinator.deploy.worker import WorkerOptions, check_worker_options, retry_delay
-from coordinator.home import fedmerge_home, out_dir_or_home
+from fedmerge.deploy.procs import ServiceError
+from fedmerge.deploy.submit import check_run_config
+from fedmerge.deploy.superlink import FleetOnlyOffLoopback, operator_authn
+from fedmerge.deploy.worker import WorkerOptions, check_worker_options, retry_delay
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def test_worker_paths_are_made_absolute_before_the_supernode_starts(
         (tmp_path / "certs" / name).write_text("x")
     monkeypatch.chdir(tmp_path)
     seen: list[WorkerOptions] = []
-    monkeypatch.setattr("coordinator.deploy.worker.run_worker",
+    monkeypatch.setattr("fedmerge.deploy.worker.run_worker",
                         lambda opts, echo: seen.append(opts) or 0)
     res = CliRunner().invoke(app, ["worker", "--coordinator", "h:1", "--partition", "0/2",
                                    "--root-cert", "certs/ca.pem", "--auth-key",
@@ -159,7 +159,7 @@ def test_flower_cli_credentials_carry_the_token_for_that_address(tmp_path: Path)
 
 def test_a_live_worker_holds_its_work_dir_a_dead_one_does_not(tmp_path: Path) -> None:
     code = ("import sys, time; from pathlib import Path; "
-            "from coordinator.deploy.lock import WorkDirLock; "
+            "from fedmerge.deploy.lock import WorkDirLock; "
             "held = WorkDirLock(Path(sys.argv[1])); held.acquire(); print('held', flush=True); "
             "time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
@@ -212,7 +212,7 @@ def test_restart_backoff_is_bounded_and_checked(tmp_path: Path) -> None:
 
 
 def test_tokens_are_not_echoed(tmp_path: Path) -> None:
-    from coordinator.deploy.superlink import TokenError, read_token
+    from fedmerge.deploy.superlink import TokenError, read_token
 
     (tmp_path / "t").write_text("tiny-secret")
     with pytest.raises(TokenError) as err:
@@ -274,7 +274,7 @@ def test_show_and_export_give_each_rounds_wall_clock_time(tmp_path: Path) -> Non
 
 
 def test_submit_says_when_a_run_is_active_and_queue_waits_for_it(tmp_path: Path) -> None:
-    from coordinator.deploy.submit import RunStatus, SubmitOptions, _wait_for_turn
+    from fedmerge.deploy.submit import RunStatus, SubmitOptions, _wait_for_turn
 
     class Watcher:
         def __init__(self, busy_for: int) -> None:

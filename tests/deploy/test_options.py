@@ -10,12 +10,12 @@ import pytest
 from flwr.common.config import parse_config_args
 from typer.testing import CliRunner
 
-from coordinator.certs import make_certs
-from coordinator.cli import app
-from coordinator.deploy.procs import DEPLOY_ENV, ServiceError, split_address
-from coordinator.deploy.service import CoordinatorOptions, TlsFiles, check_options, superlink_argv
-from coordinator.deploy.submit import RunStatus, write_connection
-from coordinator.deploy.worker import WorkerOptions, device_env, node_config, supernode_argv
+from fedmerge.certs import make_certs
+from fedmerge.cli import app
+from fedmerge.deploy.procs import DEPLOY_ENV, ServiceError, split_address
+from fedmerge.deploy.service import CoordinatorOptions, TlsFiles, check_options, superlink_argv
+from fedmerge.deploy.submit import RunStatus, write_connection
+from fedmerge.deploy.worker import WorkerOptions, device_env, node_config, supernode_argv
 
 
 def test_deploy_env_turns_off_runtime_installs_and_keeps_ray_on_loopback() -> None:
@@ -124,7 +124,7 @@ def test_commands_refuse_contradictions_before_starting_anything(tmp_path: Path)
 
 def test_warm_executor_preload_forgets_the_apps_own_modules() -> None:
     code = (
-        "import sys; from coordinator.deploy.warm_executor import preload; "
+        "import sys; from fedmerge.deploy.warm_executor import preload; "
         "preload(['client.task', 'json']); "
         "left = [m for m in sys.modules if m.split('.')[0] in ('client', 'coordinator')]; "
         "assert not left, left; assert 'json' in sys.modules; print('ok')"
@@ -135,8 +135,8 @@ def test_warm_executor_preload_forgets_the_apps_own_modules() -> None:
 
 
 def test_a_cuda_worker_without_a_gpu_fails_at_start() -> None:
-    from coordinator.deploy.procs import child_env
-    from coordinator.deploy.worker import check_device
+    from fedmerge.deploy.procs import child_env
+    from fedmerge.deploy.worker import check_device
 
     with pytest.raises(ServiceError, match="torch sees no CUDA device"):
         check_device("cuda:0", child_env({"CUDA_VISIBLE_DEVICES": ""}))
@@ -146,7 +146,7 @@ def test_worker_runs_flowers_supernode_with_its_sleeps_capped(tmp_path: Path) ->
     opts = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 2),
                          poll_interval=0.3)
     argv = supernode_argv(opts, 5000, None)
-    assert argv[1:5] == ["-m", "coordinator.deploy.supernode", "--poll-interval", "0.3"]
+    assert argv[1:5] == ["-m", "fedmerge.deploy.supernode", "--poll-interval", "0.3"]
     assert argv[argv.index("--idle-poll-interval") + 1] == "1.0"
     assert argv.index("--idle-poll-interval") < argv.index("--") < argv.index("--superlink")
     assert argv[argv.index("--superlink") + 1] == "h:1"
@@ -160,7 +160,7 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
 
     from flwr.supernode import start_client_internal as loop
 
-    from coordinator.deploy import supernode
+    from fedmerge.deploy import supernode
 
     monkeypatch.setattr(loop, "time", time)  # restored after the test
     slept: list[float] = []

@@ -83,7 +83,7 @@ def test_timeout_values(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_cli_says_it_in_one_line(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from coordinator.cli import app
+    from fedmerge.cli import app
 
     monkeypatch.setenv("FEDMERGE_DB_CONNECT_TIMEOUT", "2")
     url = f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/runs"

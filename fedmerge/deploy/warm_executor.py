@@ -11,7 +11,7 @@ the SuperNode, its reply goes back through the SuperNode). The app's own package
 dropped from ``sys.modules`` after the preload, so each task runs the code of its FAB, not
 the code installed on the worker.
 
-    python -m coordinator.deploy.warm_executor --runtime-api-address 127.0.0.1:9094 \
+    python -m fedmerge.deploy.warm_executor --runtime-api-address 127.0.0.1:9094 \
         --insecure --parent-pid <worker pid> [--superexec-auth-secret-file F]
 
 POSIX only (os.fork). The parent never runs a torch op or touches CUDA, so each child

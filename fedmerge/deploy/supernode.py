@@ -1,4 +1,4 @@
-"""Flower's SuperNode with a shorter poll interval: ``python -m coordinator.deploy.supernode
+"""Flower's SuperNode with a shorter poll interval: ``python -m fedmerge.deploy.supernode
 --poll-interval S -- <flower-supernode arguments>``.
 
 Flower 1.42's SuperNode (flwr/supernode/start_client_internal.py) sleeps 3 s whenever the

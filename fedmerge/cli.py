@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from coordinator.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
+from fedmerge.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
 
 app = typer.Typer(
     help="fedmerge: federated parameter merging on Flower 1.42.",
@@ -59,7 +59,7 @@ def demo(
 ) -> None:
     """Run a simulated federation on scikit-learn's digits with Flower's simulation engine
     (Ray on 127.0.0.1), merging by gradient steps on the global objective."""
-    from coordinator.demo import run_demo
+    from fedmerge.demo import run_demo
 
     overrides = {
         "num-clients": clients, "num-server-rounds": rounds, "mode": mode,
@@ -85,7 +85,7 @@ def resume(
     db: Db = "",
 ) -> None:
     """Resume a killed or failed simulated run from its last committed round."""
-    from coordinator.demo import run_demo
+    from fedmerge.demo import run_demo
 
     overrides: dict[str, object] = {
         "resume-run": run, "out-dir": str(_out(out_dir)), "db": db,
@@ -98,7 +98,7 @@ def resume(
 @app.command()
 def runs(out_dir: OutDir = None, db: Db = "") -> None:
     """List the runs in the store."""
-    from coordinator.reports import print_runs
+    from fedmerge.reports import print_runs
 
     print_runs(db or None, _out(out_dir))
 
@@ -111,7 +111,7 @@ def show(
     db: Db = "",
 ) -> None:
     """Show a run's rounds."""
-    from coordinator.reports import print_run
+    from fedmerge.reports import print_run
 
     print_run(db or None, _out(out_dir), run)
 
@@ -125,7 +125,7 @@ def export(
     db: Db = "",
 ) -> None:
     """Write a run's final model (safetensors) and its history (CSV and JSON)."""
-    from coordinator.reports import export_run
+    from fedmerge.reports import export_run
 
     for path in export_run(db or None, _out(out_dir), run, dest):
         typer.echo(path)
@@ -217,8 +217,8 @@ def coordinator(
     $FEDMERGE_OPERATOR_TOKEN, else <out-dir>/operator.token (made at first start)."""
     import os
 
-    from coordinator.deploy.operator import ENV_TOKEN
-    from coordinator.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
+    from fedmerge.deploy.operator import ENV_TOKEN
+    from fedmerge.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
 
     tls = None
     if certs is not None:
@@ -277,9 +277,9 @@ def worker(
         help="Longest wait between those restarts, seconds (1, 2, 4, ... up to it).")] = 30.0,
 ) -> None:
     """Run a worker: a Flower SuperNode that trains on its data, on its GPU if it has one."""
-    from coordinator.deploy.procs import ServiceError
-    from coordinator.deploy.worker import WorkerOptions, run_worker
     from coordinator.home import fedmerge_home
+    from fedmerge.deploy.procs import ServiceError
+    from fedmerge.deploy.worker import WorkerOptions, run_worker
 
     if isolation not in ("warm", "subprocess"):
         raise typer.BadParameter("--isolation: warm or subprocess")
@@ -337,10 +337,10 @@ def submit(
     """Start a run on the coordinator; exit 0 only if it completed (1 failed, 3 timeout)."""
     import os
 
-    from coordinator.deploy.operator import ENV_TOKEN, client_token
-    from coordinator.deploy.submit import SubmitOptions, write_connection
-    from coordinator.deploy.submit import submit as submit_run
     from coordinator.store import resolve_db_url
+    from fedmerge.deploy.operator import ENV_TOKEN, client_token
+    from fedmerge.deploy.submit import SubmitOptions, write_connection
+    from fedmerge.deploy.submit import submit as submit_run
 
     cert = _file(root_cert, "--root-cert")
     token_file = _file(operator_token_file, "--operator-token-file")
@@ -378,7 +378,7 @@ def certs(
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
     """Make a CA, the SuperLink's TLS certificate and SuperNode key pairs."""
-    from coordinator.certs import CertsExist, make_certs
+    from fedmerge.certs import CertsExist, make_certs
 
     try:
         paths = make_certs(directory.expanduser().resolve(), hosts=host or [], nodes=nodes,
@@ -393,7 +393,7 @@ def certs(
 
 def _exit_with(service: Callable[[], int]) -> NoReturn:
     """Run a deployment service and exit with its code; a ServiceError is said, exit 2."""
-    from coordinator.deploy.procs import ServiceError
+    from fedmerge.deploy.procs import ServiceError
 
     try:
         code = service()

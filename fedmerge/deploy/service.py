@@ -8,7 +8,7 @@ its own state database and Flower home under the out dir, and the store's URL in
 
 TLS (and SuperNode authentication, which Flower only allows over TLS) when certificate
 paths are given; plain HTTP only with an explicit ``insecure``. The SuperLink runs through
-coordinator/deploy/superlink.py: the Control API takes only requests that carry the
+fedmerge/deploy/superlink.py: the Control API takes only requests that carry the
 operator token (``<out-dir>/operator.token``), and off loopback only the Fleet and Control
 routes are served.
 """
@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.deploy.procs import (
+from dashboard.settings import is_loopback  # one loopback rule: 127.0.0.0/8, ::1, localhost
+from fedmerge.deploy.procs import (
     Echo,
     ServiceError,
     Supervisor,
@@ -28,7 +29,6 @@ from coordinator.deploy.procs import (
     run_supervised,
     split_address,
 )
-from dashboard.settings import is_loopback  # one loopback rule: 127.0.0.0/8, ::1, localhost
 
 DEFAULT_PORT = 8000  # flower-superlink's own default
 CLI_CONNECTION = "fedmerge-coordinator"
@@ -44,7 +44,7 @@ class TlsFiles:
 
     @classmethod
     def from_dir(cls, directory: Path) -> TlsFiles:
-        from coordinator.certs import cert_paths  # cryptography: only when TLS is asked for
+        from fedmerge.certs import cert_paths  # cryptography: only when TLS is asked for
 
         paths = cert_paths(Path(directory).expanduser().resolve(), nodes=0)
         return cls(paths.ca_cert, paths.server_cert, paths.server_key)
@@ -121,8 +121,8 @@ def check_options(opts: CoordinatorOptions) -> list[str]:
 
 
 def superlink_argv(opts: CoordinatorOptions) -> list[str]:
-    argv = [  # Flower's SuperLink behind the operator token (coordinator/deploy/superlink.py)
-        sys.executable, "-m", "coordinator.deploy.superlink", "--",
+    argv = [  # Flower's SuperLink behind the operator token (fedmerge/deploy/superlink.py)
+        sys.executable, "-m", "fedmerge.deploy.superlink", "--",
         "--host", opts.host, "--port", str(opts.port),
         "--database", str(opts.state_dir / "state.db"),
         "--disable-runtime-dependency-installation",
@@ -148,9 +148,9 @@ def write_cli_connection(opts: CoordinatorOptions, token_file: Path) -> None:
     """The coordinator's own Flower CLI connection, ``fedmerge-coordinator`` in
     ``<out-dir>/superlink/cli``, with the operator token: what it registers keys with, and
     what an operator on this machine can use with ``flwr`` (docs/deployment.md)."""
-    from coordinator.deploy.operator import store_for_flwr_cli
-    from coordinator.deploy.submit import write_connection
-    from coordinator.deploy.superlink import read_token
+    from fedmerge.deploy.operator import store_for_flwr_cli
+    from fedmerge.deploy.submit import write_connection
+    from fedmerge.deploy.superlink import read_token
 
     write_connection(CLI_CONNECTION, address=opts.local_address,
                      root_cert=opts.tls.ca if opts.tls else None, insecure=opts.tls is None,
@@ -165,8 +165,8 @@ def register_supernode_keys(opts: CoordinatorOptions, token_file: Path, echo: Ec
     from flwr.cli.supernode.register import try_load_public_key
     from flwr.proto.control_pb2 import RegisterNodeRequest
 
-    from coordinator.deploy.operator import token_client
-    from coordinator.deploy.superlink import read_token
+    from fedmerge.deploy.operator import token_client
+    from fedmerge.deploy.superlink import read_token
 
     assert opts.tls is not None
     client = token_client(opts.local_address, root_cert=opts.tls.ca,
@@ -206,9 +206,9 @@ def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> objec
 def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
                     startup_timeout: float = 120.0) -> int:
     """Run until SIGTERM/SIGINT (returns 0) or until the SuperLink dies (returns 1)."""
-    from coordinator.deploy.operator import coordinator_token_file
-    from coordinator.deploy.superlink import ENV_TOKEN_FILE
     from coordinator.home import ENV_HOME
+    from fedmerge.deploy.operator import coordinator_token_file
+    from fedmerge.deploy.superlink import ENV_TOKEN_FILE
 
     for warning in check_options(opts):
         echo(warning)

@@ -1,4 +1,4 @@
-"""Flower's SuperLink with its doors closed: ``python -m coordinator.deploy.superlink --
+"""Flower's SuperLink with its doors closed: ``python -m fedmerge.deploy.superlink --
 <flower-superlink arguments>``, the operator token's file in ``$FEDMERGE_OPERATOR_TOKEN_FILE``.
 
 Flower 1.42 serves the Fleet API (workers), the Control API (run submission, SuperNode

@@ -1,6 +1,6 @@
 """The operator token: what a Control API request (``fedmerge submit``, ``flwr run``,
 ``flwr list``, ``flwr supernode register``) must carry to be accepted by a fedmerge
-coordinator (coordinator/deploy/superlink.py).
+coordinator (fedmerge/deploy/superlink.py).
 
 The coordinator keeps it in ``<out-dir>/operator.token`` (0600; made at first start, or
 written from ``$FEDMERGE_OPERATOR_TOKEN``). A client hands it to Flower's CLI the way
@@ -14,9 +14,9 @@ import os
 import secrets
 from pathlib import Path
 
-from coordinator.deploy.procs import ServiceError
-from coordinator.deploy.superlink import MIN_TOKEN_LEN, TokenError, read_token
 from coordinator.home import fedmerge_home
+from fedmerge.deploy.procs import ServiceError
+from fedmerge.deploy.superlink import MIN_TOKEN_LEN, TokenError, read_token
 
 ENV_TOKEN = "FEDMERGE_OPERATOR_TOKEN"
 TOKEN_FILE = "operator.token"

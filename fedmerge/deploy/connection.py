@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.deploy.procs import Echo
+from fedmerge.deploy.procs import Echo
 
 # Lines of Flower 1.42's SuperNode (flwr/supernode/*, flwr/supercore/retry/http_retry.py)
 CONNECTED = re.compile(r"SuperNode ID: (\d+)")

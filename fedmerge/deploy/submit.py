@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.deploy.procs import (
+from fedmerge.deploy.procs import (
     Echo,
     ServiceError,
     port_open,
@@ -164,7 +164,7 @@ class RunWatcher:
     """Reads a run's status through the SuperLink's Control API."""
 
     def __init__(self, connection: str, flwr_home: Path) -> None:
-        from coordinator.deploy.operator import control_client
+        from fedmerge.deploy.operator import control_client
 
         self.client = control_client(connection, flwr_home)
 
@@ -221,7 +221,7 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
         address = _address(opts.connection)
         _wait_for_coordinator(address, opts.connect_timeout, echo)
         if opts.operator_token:
-            from coordinator.deploy.operator import store_for_flwr_cli
+            from fedmerge.deploy.operator import store_for_flwr_cli
 
             store_for_flwr_cli(flwr_home, address, opts.operator_token)
         watcher = RunWatcher(opts.connection, flwr_home)

@@ -6,14 +6,14 @@ which data it trains on: a partition of the run's dataset (``partition-id`` /
 ``num-partitions``) or its own files (``data-dir``, client/local_data.py).
 
 Isolation ``warm`` (the default) starts the SuperNode with Flower's ``--isolation process``
-and the warm executor (coordinator/deploy/warm_executor.py) as the long-running ClientApp
+and the warm executor (fedmerge/deploy/warm_executor.py) as the long-running ClientApp
 process beside it; ``subprocess`` is Flower's default, a fresh ``flwr-clientapp`` per
 message. The device is chosen with CUDA_VISIBLE_DEVICES, which every ClientApp process
 inherits: ``cpu`` hides the GPUs, ``cuda:N`` shows only GPU N (the trainer's ``auto`` then
 takes it), ``auto`` leaves the environment alone.
 
-The worker holds its work dir (coordinator/deploy/lock.py), says its connection state on
-its terminal (coordinator/deploy/connection.py), and starts the SuperNode again, with a
+The worker holds its work dir (fedmerge/deploy/lock.py), says its connection state on
+its terminal (fedmerge/deploy/connection.py), and starts the SuperNode again, with a
 bounded exponential backoff, when it ends for want of a coordinator: one that is not up
 yet, restarts, or has not registered this worker's key yet (Flower exits 305 then). The
 warm executor outlives those restarts (its parent is the worker, not the SuperNode).
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from coordinator.deploy.connection import ConnectionWatch
-from coordinator.deploy.lock import WorkDirBusy, WorkDirLock
-from coordinator.deploy.procs import (
+from fedmerge.deploy.connection import ConnectionWatch
+from fedmerge.deploy.lock import WorkDirBusy, WorkDirLock
+from fedmerge.deploy.procs import (
     Echo,
     ServiceError,
     Stopped,
@@ -45,7 +45,7 @@ from coordinator.deploy.procs import (
     ignore_stop_signals,
     raise_on_stop_signals,
 )
-from coordinator.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
+from fedmerge.deploy.supernode import DEFAULT_IDLE_POLL_S, DEFAULT_POLL_S
 
 Isolation = Literal["warm", "subprocess"]
 
@@ -148,8 +148,8 @@ def check_worker_options(opts: WorkerOptions) -> str:
 
 def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) -> list[str]:
     config = check_worker_options(opts)
-    argv = [  # Flower's SuperNode, its loop's sleeps capped (coordinator/deploy/supernode.py)
-        sys.executable, "-m", "coordinator.deploy.supernode",
+    argv = [  # Flower's SuperNode, its loop's sleeps capped (fedmerge/deploy/supernode.py)
+        sys.executable, "-m", "fedmerge.deploy.supernode",
         "--poll-interval", str(opts.poll_interval), "--idle-poll-interval",
         str(opts.idle_poll_interval), "--", "--superlink", opts.superlink,
         "--host", "127.0.0.1", "--port", str(runtime_port),
@@ -169,7 +169,7 @@ def supernode_argv(opts: WorkerOptions, runtime_port: int, secret: Path | None) 
 
 def executor_argv(runtime_port: int, parent_pid: int, secret: Path) -> list[str]:
     return [
-        sys.executable, "-m", "coordinator.deploy.warm_executor",
+        sys.executable, "-m", "fedmerge.deploy.warm_executor",
         "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure",
         "--parent-pid", str(parent_pid), "--superexec-auth-secret-file", str(secret),
     ]
@@ -257,6 +257,6 @@ def _run_locked(opts: WorkerOptions, config: str, echo: Echo) -> int:
 
 
 def _short_reason(child) -> str:  # noqa: ANN001 - a procs.Child
-    from coordinator.deploy.procs import EXIT_HINTS
+    from fedmerge.deploy.procs import EXIT_HINTS
 
     return EXIT_HINTS.get(flwr_exit_code(child) or 0, f"exit code {child.popen.returncode}")
