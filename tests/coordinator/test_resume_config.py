@@ -66,7 +66,7 @@ def test_resume_overrides_only_the_keys_given(tmp_path: Path) -> None:
 
 
 def test_resume_says_which_keys_it_overrides(tmp_path: Path) -> None:
-    from coordinator import demo
+    from fedmerge import demo
 
     _store(tmp_path, rounds=8)
     given = parse_run_config({"resume-run": "latest", "out-dir": str(tmp_path),
