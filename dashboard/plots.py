@@ -8,13 +8,16 @@ SVG it becomes ``<g id=...>`` around the line and one ``<use>`` per marker, so a
 from __future__ import annotations
 
 import io
+import json
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from pydantic import BaseModel
 
 from coordinator.store.records import EVALUATION_KINDS
 from dashboard.schemas import EvaluationPublic, RoundPublic
@@ -47,16 +50,30 @@ RC = {
 
 # matplotlib's font and text caches are shared by every figure: draw one at a time.
 _LOCK = threading.Lock()
+# The SVGs last drawn, by plot and the data drawn: a run page polled by many viewers draws
+# each plot once per committed round, not once per request (a draw costs about 0.3 s of
+# CPU, which the coordinator's rounds would otherwise share with every viewer).
+_DRAWN: OrderedDict[tuple[str, str], str] = OrderedDict()
+DRAWN_KEPT = 64
 
 
-def _render(name: str, draw: Callable[[Axes], None]) -> str:
-    with _LOCK, matplotlib.rc_context({**RC, "svg.hashsalt": name}):
-        fig = Figure(figsize=SIZE_IN, layout="constrained")
-        draw(fig.add_subplot())
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    return svg[svg.index("<svg") :]
+def _render(name: str, rows: Sequence[BaseModel], draw: Callable[[Axes], None]) -> str:
+    key = (name, json.dumps([r.model_dump(mode="json") for r in rows], sort_keys=True))
+    with _LOCK:
+        if (svg := _DRAWN.get(key)) is not None:
+            _DRAWN.move_to_end(key)
+            return svg
+        with matplotlib.rc_context({**RC, "svg.hashsalt": name}):
+            fig = Figure(figsize=SIZE_IN, layout="constrained")
+            draw(fig.add_subplot())
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg", metadata={"Date": None})
+        svg = buf.getvalue()
+        svg = svg[svg.index("<svg") :]
+        _DRAWN[key] = svg
+        while len(_DRAWN) > DRAWN_KEPT:
+            _DRAWN.popitem(last=False)
+    return svg
 
 
 def _empty(ax: Axes, what: str) -> None:
@@ -104,7 +121,7 @@ def accuracy_svg(evals: Sequence[EvaluationPublic]) -> str:
         ax.set_ylabel("accuracy")
         ax.set_title("Accuracy per round")
 
-    return _render("accuracy", draw)
+    return _render("accuracy", evals, draw)
 
 
 def loss_svg(evals: Sequence[EvaluationPublic]) -> str:
@@ -113,7 +130,7 @@ def loss_svg(evals: Sequence[EvaluationPublic]) -> str:
         ax.set_ylabel("loss")
         ax.set_title("Loss per round")
 
-    return _render("loss", draw)
+    return _render("loss", evals, draw)
 
 
 def _duration_axis_top(totals: Sequence[float]) -> float:
@@ -160,7 +177,7 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
             ax.set_ylim(0.0, 1.0)  # no negative seconds while a run starts
             _empty(ax, "committed rounds")
 
-    return _render("durations", draw)
+    return _render("durations", done, draw)
 
 
 PLOT_NAMES = ("accuracy", "loss", "durations")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from dashboard import plots
@@ -117,3 +118,21 @@ def test_a_starting_run_has_whole_rounds_and_no_negative_seconds() -> None:
         assert rounds and all(re.fullmatch(r"\d+", t) for t in rounds), rounds
     seconds = [t for t in _tick_labels(plots.durations_svg([]), "2") if t != "seconds"]
     assert seconds and not any(t.startswith(("-", "−")) for t in seconds), seconds
+
+
+def test_an_unchanged_run_is_drawn_once_and_a_new_round_is_drawn_again(monkeypatch) -> None:
+    drawn: list[object] = []
+    real = plots.Figure
+
+    def counting(*args, **kwargs):
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "Figure", counting)
+    monkeypatch.setattr(plots, "_DRAWN", OrderedDict())  # nothing drawn by other tests
+    evals = [_eval(0, "central", 0.31), _eval(1, "central", 0.52)]
+    first = plots.accuracy_svg(evals)
+    assert plots.accuracy_svg(list(evals)) == first and len(drawn) == 1  # same data: no draw
+    grown = plots.accuracy_svg([*evals, _eval(2, "central", 0.77)])
+    assert len(drawn) == 2 and grown != first and _points(grown, "central-accuracy") == 3
+    assert plots.loss_svg(evals) != first and len(drawn) == 3  # another plot of the same rows
