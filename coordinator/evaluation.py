@@ -29,6 +29,17 @@ class CentralEvaluation:
         return EvaluationRecord("central", loss, acc, n, metrics)
 
 
+def headline_of(
+    metrics: Mapping[str, object] | None, accuracy: float | None
+) -> tuple[str, float | None]:
+    """A central evaluation's headline metric (the task names it in ``metrics``) and its
+    value; accuracy for records written before tasks had headlines."""
+    metrics = metrics or {}
+    name = str(metrics.get("headline", "accuracy"))
+    value = metrics.get(name, accuracy if name == "accuracy" else None)
+    return name, None if value is None else float(value)  # type: ignore[arg-type]
+
+
 def examples_weighted(rows: Iterable[Row], key: str) -> tuple[float | None, float]:
     """The examples-weighted mean of ``key`` over the rows that have it (None if none
     does), and their total weight."""

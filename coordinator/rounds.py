@@ -29,7 +29,7 @@ from flwr.common import log
 from aggregation import Params, ServerState
 from client.metrics import PARTITION_ID, TRAIN_LOSS, TRAIN_SECONDS
 from coordinator.checkpoints import save_checkpoint
-from coordinator.evaluation import federated_records
+from coordinator.evaluation import federated_records, headline_of
 from coordinator.grid import ExchangeTiming, StreamingGrid
 from coordinator.journal import RunJournal
 from coordinator.merge import ClientOutcome, Merge, MergeReport
@@ -108,13 +108,11 @@ class RoundLoop:
         )
         self.journal.commit(record, timeout_events(number, (train.timing, evaluate.timing)))
 
-        central = evaluations[-1]
-        headline = central.metrics.get("headline", "accuracy")
+        headline, value = headline_of(evaluations[-1].metrics, evaluations[-1].accuracy)
         log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central %s %.4f, %.2f s",
             number, report.accepted, len(report.clients),
             report.train_metrics.get(TRAIN_LOSS, float("nan")), headline,
-            central.metrics.get(headline, central.accuracy or float("nan")),
-            time.perf_counter() - t0)
+            float("nan") if value is None else value, time.perf_counter() - t0)
         if self.on_commit is not None:
             self.on_commit(record)
         return state, record

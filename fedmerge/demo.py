@@ -13,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from client.metrics import DP_EPSILON, TRAIN_LOSS
+from client.tasks.registry import load_task
 from coordinator.config import ConfigError, MergeConfig, parse_run_config, resume_overrides
+from coordinator.evaluation import headline_of
 from coordinator.privacy import plan_of
 from coordinator.runs import RESUME_OVERRIDABLE, ResumeError, resumed_config
 from coordinator.simulation import simulate
@@ -43,8 +45,9 @@ def run_demo(
     server = _start_dashboard(url, dashboard_port) if dashboard_port else None
 
     plan = plan_of(cfg)
-    table = Table("round", "merged", "rejected", "train loss", "central", "federated",
-                  "personal", "s", title="accuracy per round")
+    headline = load_task(cfg.task, cfg.task_config).headline
+    table = Table("round", "merged", "rejected", "train loss", f"central {headline}",
+                  "federated acc", "personal acc", "s", title="per round")
     if plan is not None:
         table.add_column("eps")
     progress = Progress(
@@ -58,7 +61,7 @@ def run_demo(
         ok = sum(u.accepted for u in rec.updates)
         table.add_row(
             str(rec.number), str(ok), str(len(rec.updates) - ok),
-            _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_acc(ev, "central")),
+            _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_central(ev)),
             _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
             *([] if plan is None else [f"{rec.metrics.get(DP_EPSILON, float('nan')):.3g}"]),
@@ -160,6 +163,13 @@ def _start_dashboard(db_url: str, port: int) -> Any:
         f"this demo's); this demo's dashboard is on port {server.config.port}"
     )
     return server
+
+
+def _central(ev: dict) -> float | None:
+    """The central evaluation's headline metric (the task's; accuracy for classifiers)."""
+    if "central" not in ev:
+        return None
+    return headline_of(ev["central"].metrics, ev["central"].accuracy)[1]
 
 
 def _acc(ev: dict, kind: str) -> float | None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from client.metrics import DP_EPSILON, TRAIN_LOSS
 from coordinator.checkpoints import load_checkpoint
+from coordinator.evaluation import headline_of
 from coordinator.store import (
     StoreError,
     existing_engine,
@@ -70,6 +71,9 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
     for e in repo.committed_evaluations(s, run_id):
         evals.setdefault(e.round_number, {})[f"{e.kind}_accuracy"] = e.accuracy
         evals[e.round_number][f"{e.kind}_loss"] = e.loss
+        if e.kind == "central":  # the task's headline metric (accuracy for classifiers)
+            evals[e.round_number]["headline"], evals[e.round_number]["central_headline"] = (
+                headline_of(e.metrics, e.accuracy))
     rows = []
     for r in repo.rounds_of(s, run_id):
         row: dict[str, object] = {
@@ -91,15 +95,18 @@ def print_run(db: str | None, out_dir: Path, run: str) -> None:
         r = _run_or_exit(s, run)
         console.print(f"[bold]{r.name}[/bold] {r.id} — {r.status}, {r.mode}, {r.optimizer}, "
                       f"{r.combiner}" + (f"\n[red]{r.error}[/red]" if r.error else ""))
+        rows = history(s, r.id)
+        headline = next((str(h["headline"]) for h in rows if h.get("headline")), "accuracy")
         table = Table("round", "ok", "rej", "loss", "central", "fed", "personal", "wait s",
                       "merge ms", "round s", "eps",
-                      caption="accuracy: central (held-out), federated, personalized")
-        for h in history(s, r.id):
+                      caption=f"central: the task's {headline} on the held-out split; fed, "
+                              "personal: the clients' accuracy of theta, of theta + theta_i")
+        for h in rows:
             status = "" if h["status"] == "committed" else f" {h['status']}"
             merge_ms = None if h["merge_s"] is None else 1e3 * h["merge_s"]  # type: ignore[operator]
             table.add_row(
                 f"{h['round']}{status}", str(h["accepted"]), str(h["rejected"]),
-                _f(h.get("train_loss"), 3), _f(h.get("central_accuracy"), 3),
+                _f(h.get("train_loss"), 3), _f(h.get("central_headline"), 3),
                 _f(h.get("federated_accuracy"), 3), _f(h.get("personalized_accuracy"), 3),
                 _f(h.get("wait_s"), 2), _f(merge_ms, 1), _f(h.get("round_s"), 2),
                 _f(h.get("dp_epsilon"), 3),

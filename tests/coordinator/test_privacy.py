@@ -19,6 +19,7 @@ from coordinator.config import ConfigError, parse_run_config
 from coordinator.federation import build_merge
 from coordinator.privacy import DEMO_SETTINGS, dp_combiner, plan_of
 from coordinator.store import (
+    EvaluationRecord,
     RoundRecord,
     make_engine,
     make_session_factory,
@@ -196,3 +197,23 @@ def test_show_prints_epsilon_per_round(tmp_path: Path) -> None:
                           env={"COLUMNS": "200"})  # a table this wide: no truncated cells
     assert shown.exit_code == 0 and "eps" in shown.output, shown.output
     assert "1.250" in shown.output and "1.875" in shown.output
+
+
+def test_show_prints_the_tasks_headline_where_a_task_has_no_accuracy(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'fedmerge.db'}")
+    upgrade_to_head(engine)
+    with make_session_factory(engine).begin() as s:
+        run_id = repo.create_run(
+            s, name="regression", config={}, mode="global", optimizer="sgd", combiner="mean",
+            num_rounds_planned=1, out_dir=str(tmp_path))
+        now = datetime.now(UTC)
+        repo.start_round(s, run_id, 1, now)
+        central = EvaluationRecord("central", 0.25, None, 40,
+                                   {"headline": "r2", "higher-is-better": True, "r2": 0.625})
+        repo.commit_round(s, run_id, RoundRecord(
+            1, now, now, 0.0, 0.0, 0.0, 0.0, {}, None, None, (), (central,)))
+    engine.dispose()
+    shown = runner.invoke(app, ["show", run_id[:8], "--out-dir", str(tmp_path)],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "0.625" in shown.output and "r2" in shown.output
