@@ -14,6 +14,7 @@ import errno
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 
@@ -67,6 +68,9 @@ def _server(settings: DashboardSettings) -> uvicorn.Server:
         ws="none",  # no websockets here; skips loading (and warnings from) that stack
         log_level="warning",
         access_log=False,
+        # No logging.dictConfig: it would shut down the handlers of the process the
+        # dashboard runs in (the demo's, the coordinator's), closing their streams.
+        log_config=None,
     )
     return uvicorn.Server(config)
 
@@ -109,4 +113,38 @@ def serve_in_thread(
             server.should_exit = True
             raise DashboardStartError(f"the dashboard on {host}:{port} did not start")
         time.sleep(0.01)
+    return server
+
+
+def served_url(server: uvicorn.Server) -> str:
+    """The address a server from ``serve_in_thread`` really serves (its port may differ
+    from the one asked for)."""
+    host = server.config.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{server.config.port}/"
+
+
+def start_in_background(
+    db_url: str, host: str, port: int, token: str | None = None, *,
+    say: Callable[[str], None], any_free_port: bool = False,
+) -> uvicorn.Server | None:
+    """The dashboard in a background thread, for a process whose own work (a demo run, a
+    SuperLink) must go on without it: None, after ``say``-ing why, if it cannot start.
+    ``any_free_port``: a taken ``port`` moves it to a free one, and it says so (a page on
+    ``port`` would be another process's)."""
+    try:
+        return serve_in_thread(db_url, host, port, token)
+    except OSError as exc:
+        if not (any_free_port and exc.errno == errno.EADDRINUSE):
+            say(f"dashboard not started: {exc}")
+            return None
+    except Exception as exc:  # noqa: BLE001 - a bad setting: the caller's work goes on
+        say(f"dashboard not started: {exc}")
+        return None
+    try:
+        server = serve_in_thread(db_url, host, 0, token)
+    except Exception as exc:  # noqa: BLE001
+        say(f"dashboard not started: {exc}")
+        return None
+    say(f"port {port} is taken by another process (what it serves is not this one's); "
+        f"this dashboard is on port {server.config.port}")
     return server

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 from typing import Any
@@ -27,6 +26,7 @@ from coordinator.store import (
     repo,
     resolve_db_url,
 )
+from dashboard.server import served_url, start_in_background
 
 console = Console()
 
@@ -78,7 +78,7 @@ def run_demo(
            f" delta {plan.delta:.3g})")
     )
     if server:
-        console.print(f"dashboard: [link]{dashboard_url(server)}[/link]")
+        console.print(f"dashboard: [link]{served_url(server)}[/link]")
     try:
         with Live(Group(table, progress), console=console, refresh_per_second=4):
             result = simulate(cfg, num_clients=cfg.num_clients, on_commit=on_commit)
@@ -107,7 +107,7 @@ def run_demo(
 
 def hold_dashboard(server: Any, wait: Any = None) -> None:
     """Keep the dashboard up until Ctrl-C (``wait`` blocks until then; tests pass theirs)."""
-    console.print(f"dashboard still at [link]{dashboard_url(server)}[/link]: Ctrl-C stops it")
+    console.print(f"dashboard still at [link]{served_url(server)}[/link]: Ctrl-C stops it")
     try:
         (wait or threading.Event().wait)()
     except KeyboardInterrupt:
@@ -134,35 +134,10 @@ def _checked_store(cfg: MergeConfig) -> MergeConfig:
     return cfg
 
 
-def dashboard_url(server: Any) -> str:
-    """The address really served (the port may differ from the one asked for)."""
-    return f"http://127.0.0.1:{server.config.port}/"
-
-
 def _start_dashboard(db_url: str, port: int) -> Any:
-    """The dashboard in a background thread on ``port``, or on a free port if that one is
-    taken (so a page on ``port`` may be another process's, and the demo says which it
-    serves); None if the dashboard is not installed or cannot start at all."""
-    try:
-        from dashboard.server import serve_in_thread
-    except ImportError:
-        return None
-    try:
-        return serve_in_thread(db_url=db_url, host="127.0.0.1", port=port)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            console.print(f"[yellow]dashboard not started:[/yellow] {exc}")
-            return None
-    try:
-        server = serve_in_thread(db_url=db_url, host="127.0.0.1", port=0)
-    except OSError as exc:
-        console.print(f"[yellow]dashboard not started:[/yellow] {exc}")
-        return None
-    console.print(
-        f"[yellow]port {port} is taken by another process[/yellow] (what it serves is not "
-        f"this demo's); this demo's dashboard is on port {server.config.port}"
-    )
-    return server
+    """The dashboard on ``port`` (on a free one, said, if that is taken), or None."""
+    return start_in_background(db_url, "127.0.0.1", port, any_free_port=True,
+                               say=lambda m: console.print(f"[yellow]{m}[/yellow]"))
 
 
 def _central(ev: dict) -> float | None:

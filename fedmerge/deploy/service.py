@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard.server import served_url, start_in_background
 from dashboard.settings import is_loopback  # one loopback rule: 127.0.0.0/8, ::1, localhost
 from fedmerge.deploy.procs import (
     Echo,
@@ -188,18 +189,11 @@ def register_supernode_keys(opts: CoordinatorOptions, token_file: Path, echo: Ec
 
 
 def _start_dashboard(opts: CoordinatorOptions, db_url: str, echo: Echo) -> object | None:
-    try:
-        from dashboard.server import serve_in_thread
-    except ImportError as exc:
-        echo(f"warning: dashboard not available ({exc}); the coordinator runs without it")
-        return None
-    try:
-        server = serve_in_thread(db_url, opts.dashboard_host, opts.dashboard_port,
-                                 opts.dashboard_token)
-    except Exception as exc:  # noqa: BLE001 - the SuperLink must not go down with it
-        echo(f"warning: dashboard not started: {exc}")
-        return None
-    echo(f"dashboard: http://{opts.dashboard_host}:{opts.dashboard_port}/")
+    """The dashboard beside the SuperLink; the SuperLink does not go down with it."""
+    server = start_in_background(db_url, opts.dashboard_host, opts.dashboard_port,
+                                 opts.dashboard_token, say=lambda m: echo(f"warning: {m}"))
+    if server is not None:
+        echo(f"dashboard: {served_url(server)}")
     return server
 
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.store import make_engine, make_session_factory, upgrade_to_head
-from dashboard.server import serve_in_thread
-from fedmerge.demo import _start_dashboard, dashboard_url, hold_dashboard
+from dashboard.server import serve_in_thread, served_url
+from fedmerge.demo import _start_dashboard, hold_dashboard
 from tests.dashboard import factories
 
 
@@ -41,7 +41,7 @@ def test_a_taken_port_moves_the_demo_dashboard_and_says_where(
     try:
         mine = _start_dashboard(_store(tmp_path / "mine.db", "this-demos-run"), taken)
         assert mine is not None and mine.config.port != taken
-        url = dashboard_url(mine)
+        url = served_url(mine)
         assert _names(url) == ["this-demos-run"]  # the URL served is the demo's own
         assert _names(f"http://127.0.0.1:{taken}/") == ["someone-elses-run"]  # untouched
         out = capsys.readouterr().out
@@ -61,7 +61,7 @@ def test_a_free_port_is_used_as_asked(
         port = probe.getsockname()[1]
     server = _start_dashboard(url, port)
     try:
-        assert server is not None and dashboard_url(server) == f"http://127.0.0.1:{port}/"
+        assert server is not None and served_url(server) == f"http://127.0.0.1:{port}/"
     finally:
         if server is not None:
             server.should_exit = True
@@ -78,7 +78,7 @@ def test_keep_dashboard_holds_it_until_ctrl_c(
     served: list[list[str]] = []
 
     def ctrl_c() -> None:  # the user reads the page, then presses Ctrl-C
-        served.append(_names(dashboard_url(server)))
+        served.append(_names(served_url(server)))
         raise KeyboardInterrupt
 
     hold_dashboard(server, wait=ctrl_c)
