@@ -58,15 +58,18 @@ def weighted_means(rows: list[Row], keys: Iterable[str]) -> dict[str, float]:
 
 def federated_records(clients: list[Row]) -> list[EvaluationRecord]:
     """The clients' evaluations of theta ("federated", with each client's row under
-    "clients" by partition id) and of each theta + theta_i ("personalized")."""
+    "clients" by partition id) and of each theta + theta_i ("personalized"), by examples.
+    A task without accuracy (a regression) is recorded by its loss alone."""
     out = []
-    acc, n = examples_weighted(clients, EVAL_ACC)
-    if acc is not None:
-        loss, _ = examples_weighted(clients, EVAL_LOSS)
+    loss, n_loss = examples_weighted(clients, EVAL_LOSS)
+    acc, n_acc = examples_weighted(clients, EVAL_ACC)
+    if acc is not None or loss is not None:
         per_client = {str(int(c.get(PARTITION_ID, i))): dict(c) for i, c in enumerate(clients)}
-        out.append(EvaluationRecord("federated", loss, acc, int(n), {"clients": per_client}))
-    acc, n = examples_weighted(clients, PERSONAL_ACC)
-    if acc is not None:
-        loss, _ = examples_weighted(clients, PERSONAL_LOSS)
-        out.append(EvaluationRecord("personalized", loss, acc, int(n)))
+        n = int(n_acc if acc is not None else n_loss)
+        out.append(EvaluationRecord("federated", loss, acc, n, {"clients": per_client}))
+    loss, n_loss = examples_weighted(clients, PERSONAL_LOSS)
+    acc, n_acc = examples_weighted(clients, PERSONAL_ACC)
+    if acc is not None or loss is not None:
+        out.append(EvaluationRecord("personalized", loss, acc,
+                                    int(n_acc if acc is not None else n_loss)))
     return out
