@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from client.data import partition_of
 from client.tasks.api import DataError, NodeData, PartitionRequest, Task, TaskError
 
 DATA_DIR_KEY = "data-dir"
@@ -80,17 +81,6 @@ class RunPartition:
     alpha: float = 0.5
     classes_per_client: int = 2
     seed: int = 0
-
-
-def partition_of(node_config: NodeConfig) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config."""
-    try:
-        return int(node_config["partition-id"]), int(node_config["num-partitions"])
-    except KeyError as exc:
-        raise ValueError(
-            f"node config lacks {exc.args[0]!r}: start the SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>' (or data-dir=<path>)"
-        ) from None
 
 
 def data_dir_partition_id(directory: Path) -> int:
