@@ -353,7 +353,7 @@ def submit(
         opts = SubmitOptions(
             app=app_path, connection=connection, run_config=tuple(items), wait=wait,
             queue=queue, timeout=timeout, connect_timeout=connect_timeout,
-            operator_token=client_token(os.environ.get(ENV_TOKEN), token_file),
+            operator_token=lambda: client_token(os.environ.get(ENV_TOKEN), token_file),
             db_url=resolve_db_url(db or None, _out(out_dir)),
         )
         return submit_run(opts, echo=typer.echo)

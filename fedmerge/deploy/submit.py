@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +205,9 @@ class SubmitOptions:
     timeout: float | None = None
     poll: float = 1.0
     flwr_home: Path | None = None
-    operator_token: str | None = None
+    # A callable is asked once the coordinator answers: a coordinator that is still
+    # starting writes its token file before it listens, not before `submit` starts.
+    operator_token: str | Callable[[], str | None] | None = None
     db_url: str | None = None  # the coordinator's run store, if readable from here
     connect_timeout: float = 60.0  # wait this long for a coordinator that is starting
 
@@ -220,10 +222,13 @@ def submit(opts: SubmitOptions, *, echo: Echo = print) -> int:
     try:
         address = _address(opts.connection)
         _wait_for_coordinator(address, opts.connect_timeout, echo)
-        if opts.operator_token:
+        token = opts.operator_token
+        if callable(token):
+            token = token()
+        if token:
             from fedmerge.deploy.operator import store_for_flwr_cli
 
-            store_for_flwr_cli(flwr_home, address, opts.operator_token)
+            store_for_flwr_cli(flwr_home, address, token)
         watcher = RunWatcher(opts.connection, flwr_home)
         try:
             _wait_for_turn(watcher, opts, echo)
