@@ -140,16 +140,8 @@ class RejectionPublic(_Out):
     count: int
 
 
-class ClientPublic(_Out):
+class ClientPublic(WorkerPublic):
     """One node over the whole run."""
-
-    node_id: str
-    partition_id: int | None
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def label(self) -> str:
-        return node_label(self.node_id, self.partition_id)
 
     rounds_participated: int
     num_examples: int | None  # the most it reported in a round
