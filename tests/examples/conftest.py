@@ -1,22 +1,9 @@
-"""The example task must import here, in Ray workers and in worker processes."""
+"""The example task must import here, in Ray workers and in worker processes; its
+deployment test uses the deployment tests' loopback cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.client.example_task import example_importable
-from tests.deploy.cluster import LocalCluster
+from tests.deploy.conftest import cluster  # noqa: F401 - the fixture, shared
 
 example_importable()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.config import parse_run_config
 from coordinator.simulation import simulate
@@ -33,14 +34,20 @@ def _record(number: int) -> RoundRecord:
                        f"/ck/round-{number}", f"{number:064x}", updates, ())
 
 
-def test_a_round_commit_outlives_a_restart_mid_transaction(own_postgres) -> None:
-    engine = make_engine(own_postgres.url)
+def _run_in_round_1(url: str) -> tuple[Engine, sessionmaker[Session], str]:
+    """A migrated store on ``url`` holding one run whose round 1 is in flight."""
+    engine = make_engine(url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
     with sessions.begin() as s:
         run_id = repo.create_run(s, name="r", config={}, mode="global", optimizer="sgd",
                                  combiner="mean", num_rounds_planned=2, out_dir="/x")
         repo.start_round(s, run_id, 1, datetime.now(UTC))
+    return engine, sessions, run_id
+
+
+def test_a_round_commit_outlives_a_restart_mid_transaction(own_postgres) -> None:
+    engine, sessions, run_id = _run_in_round_1(own_postgres.url)
     record = _record(1)
     attempts = []
 
@@ -61,13 +68,7 @@ def test_a_round_commit_outlives_a_restart_mid_transaction(own_postgres) -> None
 
 
 def test_a_round_commit_waits_for_a_server_that_is_down(own_postgres) -> None:
-    engine = make_engine(own_postgres.url)
-    upgrade_to_head(engine)
-    sessions = make_session_factory(engine)
-    with sessions.begin() as s:
-        run_id = repo.create_run(s, name="r", config={}, mode="global", optimizer="sgd",
-                                 combiner="mean", num_rounds_planned=2, out_dir="/x")
-        repo.start_round(s, run_id, 1, datetime.now(UTC))
+    engine, sessions, run_id = _run_in_round_1(own_postgres.url)
     own_postgres.stop()
     back = threading.Timer(2.0, own_postgres.start)
     back.start()
