@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client import metrics as m
 from client.datasets import run_partition
+from client.slowdown import pause
 from client.task import (
     FISHER_KEY,
     MANIFEST_KEY,
@@ -98,6 +99,7 @@ def train(msg: Message, context: Context) -> Message:
         warm_offset=_stored_offset(context) if personal else None,
         trainable=trainable,
     )
+    slept = pause(context.node_config, result.seconds)  # node config slowdown: testing aid
     if personal:
         context.state[OFFSET_STATE_KEY] = ArrayRecord(result.offset)
         own = _measure(task, model, data.val, device, "personal")
@@ -105,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics.update({
         NUM_EXAMPLES: len(data.train),
         m.TRAIN_LOSS: result.loss,
-        m.TRAIN_SECONDS: result.seconds,
+        m.TRAIN_SECONDS: result.seconds + slept,
         m.PARTITION_ID: pid,
         m.DEVICE_CUDA: int(device.type == "cuda"),
     })

@@ -48,6 +48,14 @@ class MergeConfig(BaseModel):
     # SuperNodes that `fedmerge demo` / `fedmerge resume` simulate (deployment: ignored)
     num_clients: int = Field(10, ge=1, alias="num-clients")
     round_timeout: float = Field(600.0, gt=0.0, alias="round-timeout")
+    # --- asynchronous buffered merges (docs/async.md); in async mode a "round" is a version
+    merge: Literal["sync", "async"] = "sync"
+    buffer_size: int = Field(4, ge=1, alias="buffer-size")  # M replies per merge step
+    concurrency: int = Field(0, ge=0)  # nodes training at once; 0: every connected node
+    staleness: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    staleness_exponent: float = Field(0.5, ge=0.0, alias="staleness-exponent")
+    staleness_hinge: int = Field(4, ge=0, alias="staleness-hinge")
+    max_staleness: int = Field(20, ge=0, alias="max-staleness")
     # --- the objective and the server step
     mode: Literal["global", "personal"] = "global"
     optimizer: Literal["sgd", "momentum", "adagrad", "adam", "yogi"] = "sgd"
@@ -135,7 +143,28 @@ class MergeConfig(BaseModel):
                 f"{self.krum_byzantine} needs min-nodes >= {2 * self.krum_byzantine + 3}"
             )
         self._check_privacy()
+        self._check_async()
         return self
+
+    def _check_async(self) -> None:
+        """Async keys only with merge async, and no combination it cannot honour."""
+        keys = ("buffer-size", "concurrency", "staleness", "staleness-exponent",
+                "staleness-hinge", "max-staleness")
+        if self.merge == "sync":
+            defaults = MergeConfig.model_construct().as_run_config()
+            now = self.as_run_config()
+            stray = [k for k in keys if now[k] != defaults[k]]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: set while merge is sync (it would do "
+                                 'nothing): set merge = "async" or leave it out')
+            return
+        if self.dp != "off":
+            raise ValueError("merge: dp central accounts for sampled synchronous rounds; "
+                             'use merge = "sync" with dp')
+        byzantine = self.krum_byzantine
+        if self.combiner in ("krum", "multi-krum") and self.buffer_size < 2 * byzantine + 3:
+            raise ValueError(f"buffer-size: combiner {self.combiner} with krum-byzantine="
+                             f"{byzantine} needs buffer-size >= {2 * byzantine + 3}")
 
     def _check_privacy(self) -> None:
         """dp-* keys only with dp on, and no combination that voids the guarantee."""

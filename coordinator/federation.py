@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from aggregation import make_combiner
 from client.task import ClientTask
+from coordinator.buffered import BufferedLoop, buffered_loop
 from coordinator.config import MergeConfig
 from coordinator.evaluation import CentralEvaluation
 from coordinator.grid import StreamingGrid
@@ -60,13 +61,15 @@ def run_federation(
                 cfg.combiner)
         plan = plan_of(cfg)  # dp central: stop before the round that would exceed the budget
         last = cfg.num_server_rounds if plan is None else plan.rounds_allowed(cfg.num_server_rounds)
-        loop = RoundLoop(
+        loop: RoundLoop | BufferedLoop = RoundLoop(
             grid=streaming, strategy=build_strategy(cfg), merge=merge,
             central=CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed), journal=journal,
             checkpoint_dir=cfg.out_path / "checkpoints" / run_id,
             train_config=client_config(cfg), evaluate_config=client_config(cfg),
             timeout=cfg.round_timeout, seed=None if plan else cfg.seed, on_commit=on_commit,
         )
+        if cfg.merge == "async":
+            loop = buffered_loop(cfg, loop, sessions, run_id)
         log(INFO, "run %s: %s rounds to go (%s done), db %s", run_id,
             max(last - state.round, 0), state.round, db_url)
         try:

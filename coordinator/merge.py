@@ -12,7 +12,7 @@ state holds the same tensors, one round on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING
@@ -101,14 +101,19 @@ class Merge:
         return self.validator.needs_whole_round or not self.combiner.streaming
 
     def __call__(
-        self, state: ServerState, replies: Iterable[Reply]
+        self, state: ServerState, replies: Iterable[Reply],
+        *, scales: Mapping[str, float] | None = None,
     ) -> tuple[ServerState, MergeReport]:
+        """``scales``: a factor per reply (by its Reply.node_id) on its accepted offset,
+        e.g. an asynchronous merge's staleness weight s(tau); 1 for a reply not named."""
         number = state.round + 1
         template = state.params
         outcomes = _Outcomes(number)
         clock = _Clock()
         t_start = time.perf_counter()
         updates = self._validated(clock.timed(replies), template, outcomes)
+        if scales:
+            updates = (_scaled(u, scales.get(u.client_id, 1.0)) for u in updates)
         try:
             if self.holds_every_offset:
                 held = list(updates)  # O(K x P): said in docs and log
@@ -162,6 +167,16 @@ class Merge:
             outcomes.add(ClientOutcome(r.node_id, True, None, d.update.weight, d.norm,
                                        d.metrics))
             yield d.update
+
+
+def _scaled(update: ClientUpdate, factor: float) -> ClientUpdate:
+    """The update with its offset times ``factor`` (new tensors: the payload views are
+    read-only) and its measured norm scaled with it; weight and fisher unchanged."""
+    if factor == 1.0:
+        return update
+    offset = {name: t * factor for name, t in update.offset.items()}
+    norm = None if update.norm is None else update.norm * abs(factor)
+    return replace(update, offset=offset, norm=norm)
 
 
 class _Clock:
