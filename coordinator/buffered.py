@@ -154,6 +154,10 @@ class _Work:
             del self.tickets[t.message_id]
         return gone
 
+    def in_flight(self) -> list[list[object]]:
+        """Every message sent and not yet taken: at the grid, or pulled and waiting."""
+        return [t.as_json() for t in (*self.tickets.values(), *(t for t, _ in self.ready))]
+
     def take_timings(self) -> tuple[float, float]:
         out = (self.send_s, self.wait_s)
         self.send_s = self.wait_s = 0.0
@@ -250,7 +254,7 @@ class BufferedLoop:
             merge_s=report.merge_s,
             evaluate_s=time.perf_counter() - t_evaluate,
             metrics={**report.train_metrics, **_diagnostics(report), "merge": "async",
-                     IN_FLIGHT: [t.as_json() for t in work.tickets.values()]},
+                     IN_FLIGHT: work.in_flight()},
             checkpoint_path=str(path),
             checkpoint_sha256=digest,
             updates=(*buffer.refused,
