@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel
 
 from coordinator.store.records import EVALUATION_KINDS
-from dashboard.schemas import EvaluationPublic, RoundPublic
+from dashboard.schemas import EvaluationPublic, RoundPublic, TimedAccuracyPublic
 
 KIND_STYLE = {  # color, marker
     "central": ("#2563eb", "o"),
@@ -89,7 +89,9 @@ def _round_axis(ax: Axes, numbers: Sequence[int]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None:
+def _per_round(
+    ax: Axes, evals: Sequence[EvaluationPublic], metric: str, unit: str = "round"
+) -> None:
     drawn = False
     for kind in EVALUATION_KINDS:
         points = [
@@ -104,7 +106,7 @@ def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None
                           markersize=5, linewidth=1.8, label=kind, clip_on=False)
         line.set_gid(f"{kind}-{metric}")
         drawn = True
-    ax.set_xlabel("round")
+    ax.set_xlabel(unit)
     _round_axis(ax, [e.round_number for e in evals if getattr(e, metric) is not None])
     if drawn:
         ax.legend(loc="best")
@@ -112,25 +114,48 @@ def _per_round(ax: Axes, evals: Sequence[EvaluationPublic], metric: str) -> None
         _empty(ax, "evaluations")
 
 
-def accuracy_svg(evals: Sequence[EvaluationPublic]) -> str:
-    """Accuracy per round: central (round 0 = the initial model), federated, personalized."""
+def accuracy_svg(evals: Sequence[EvaluationPublic], unit: str = "round") -> str:
+    """Accuracy per round (per model version in async mode): central (0 = the initial
+    model), federated, personalized."""
 
     def draw(ax: Axes) -> None:
-        _per_round(ax, evals, "accuracy")
+        _per_round(ax, evals, "accuracy", unit)
         ax.set_ylim(0.0, 1.0)
         ax.set_ylabel("accuracy")
-        ax.set_title("Accuracy per round")
+        ax.set_title(f"Accuracy per {unit}")
 
-    return _render("accuracy", evals, draw)
+    return _render(f"accuracy-{unit}", evals, draw)
 
 
-def loss_svg(evals: Sequence[EvaluationPublic]) -> str:
+def loss_svg(evals: Sequence[EvaluationPublic], unit: str = "round") -> str:
     def draw(ax: Axes) -> None:
-        _per_round(ax, evals, "loss")
+        _per_round(ax, evals, "loss", unit)
         ax.set_ylabel("loss")
-        ax.set_title("Loss per round")
+        ax.set_title(f"Loss per {unit}")
 
-    return _render("loss", evals, draw)
+    return _render(f"loss-{unit}", evals, draw)
+
+
+def accuracy_time_svg(points: Sequence[TimedAccuracyPublic]) -> str:
+    """Central accuracy against wall-clock seconds since the run started: sync and async
+    runs on one footing (an async run's versions come faster than rounds)."""
+
+    def draw(ax: Axes) -> None:
+        if points:
+            color, marker = KIND_STYLE["central"]
+            (line,) = ax.plot([p.seconds for p in points], [p.accuracy for p in points],
+                              color=color, marker=marker, markersize=4, linewidth=1.8,
+                              label="central", clip_on=False)
+            line.set_gid("central-accuracy-time")
+            ax.set_xlim(0.0, max(max(p.seconds for p in points), 1.0) * 1.02)
+        else:
+            _empty(ax, "evaluations")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("wall-clock seconds since the run started")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Central accuracy against time")
+
+    return _render("accuracy-time", points, draw)
 
 
 def _duration_axis_top(totals: Sequence[float]) -> float:
@@ -144,7 +169,7 @@ def _duration_axis_top(totals: Sequence[float]) -> float:
     return top
 
 
-def durations_svg(rounds: Sequence[RoundPublic]) -> str:
+def durations_svg(rounds: Sequence[RoundPublic], unit: str = "round") -> str:
     """Each committed round's wall time, stacked by phase: send, wait, merge, evaluate."""
     done = [r for r in rounds if r.status == "committed"]
 
@@ -157,9 +182,9 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
             for number, bar in zip(numbers, bars, strict=True):
                 bar.set_gid(f"duration-{phase}-r{number}")
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-        ax.set_xlabel("round")
+        ax.set_xlabel(unit)
         ax.set_ylabel("seconds")
-        ax.set_title("Round duration by phase")
+        ax.set_title(f"{unit.capitalize()} duration by phase")
         _round_axis(ax, numbers)
         ax.grid(axis="x", visible=False)
         if done:
@@ -175,9 +200,9 @@ def durations_svg(rounds: Sequence[RoundPublic]) -> str:
                                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none"})
         else:
             ax.set_ylim(0.0, 1.0)  # no negative seconds while a run starts
-            _empty(ax, "committed rounds")
+            _empty(ax, f"committed {unit}s")
 
-    return _render("durations", done, draw)
+    return _render(f"durations-{unit}", done, draw)
 
 
-PLOT_NAMES = ("accuracy", "loss", "durations")
+PLOT_NAMES = ("accuracy", "loss", "durations", "accuracy-time")

@@ -37,6 +37,7 @@ from dashboard.schemas import (
     RunDetailPublic,
     RunPublic,
     RunsPublic,
+    TimedAccuracyPublic,
     WorkerPublic,
 )
 
@@ -319,6 +320,28 @@ def evaluations(s: Session, run_id: str) -> EvaluationsPublic:
     run = find_run(s, run_id)
     data = [EvaluationPublic.model_validate(e) for e in repo.committed_evaluations(s, run.id)]
     return EvaluationsPublic(data=data, count=len(data))
+
+
+def accuracy_over_time(s: Session, run_id: str) -> list[TimedAccuracyPublic]:
+    """Central accuracy against wall-clock seconds since the run started, for sync and
+    async runs alike (a resumed run's time includes the time it was down)."""
+    run = find_run(s, run_id)
+    finished = {r.number: r.finished_at for r in repo.rounds_of(s, run.id)
+                if r.status == "committed"}
+    out = []
+    for e in repo.committed_evaluations(s, run.id):
+        at = run.started_at if e.round_number == 0 else finished.get(e.round_number)
+        if e.kind != "central" or e.accuracy is None or at is None:
+            continue
+        seconds = max((at - run.started_at).total_seconds(), 0.0)
+        out.append(TimedAccuracyPublic(round_number=e.round_number, seconds=seconds,
+                                       accuracy=e.accuracy))
+    return out
+
+
+def step_unit(config: dict[str, Any]) -> str:
+    """What a run's steps are called: model versions in async mode, else rounds."""
+    return "version" if config.get("merge") == "async" else "round"
 
 
 def _servable(path: str | None) -> Path | None:

@@ -165,6 +165,15 @@ class EvaluationPublic(_Out):
     metrics: dict[str, Any]
 
 
+class TimedAccuracyPublic(_Out):
+    """A central evaluation at wall-clock seconds since the run started (its round's or
+    version's commit; 0 for the initial model)."""
+
+    round_number: int
+    seconds: float
+    accuracy: float
+
+
 class EvaluationsPublic(_Out):
     data: list[EvaluationPublic]
     count: int

@@ -18,10 +18,12 @@ NO_STORE = {"Cache-Control": "no-store"}
 router = APIRouter(tags=["pages"], include_in_schema=False, default_response_class=HTMLResponse)
 
 
-def _svg(name: str, evals: list[EvaluationPublic], rounds: list[RoundPublic]) -> str:
+def _svg(
+    name: str, evals: list[EvaluationPublic], rounds: list[RoundPublic], unit: str = "round"
+) -> str:
     if name == "durations":
-        return plots.durations_svg(rounds)
-    return plots.accuracy_svg(evals) if name == "accuracy" else plots.loss_svg(evals)
+        return plots.durations_svg(rounds, unit)
+    return plots.accuracy_svg(evals, unit) if name == "accuracy" else plots.loss_svg(evals, unit)
 
 
 def _by_round(evals: list[EvaluationPublic]) -> dict[int, dict[str, EvaluationPublic]]:
@@ -114,11 +116,15 @@ def plot_svg(session: SessionDep, run_id: str, name: str) -> Response:
     if name not in plots.PLOT_NAMES:
         raise HTTPException(404, f"no plot {name!r}; plots are {', '.join(plots.PLOT_NAMES)}")
     run = queries.find_run(session, run_id)
+    if name == "accuracy-time":
+        svg = plots.accuracy_time_svg(queries.accuracy_over_time(session, run.id))
+        return Response(svg, media_type=SVG, headers=NO_STORE)
     if name == "durations":  # read only what this plot draws
         evals, rounds = [], queries.rounds(session, run.id).data
     else:
         evals, rounds = queries.evaluations(session, run.id).data, []
-    return Response(_svg(name, evals, rounds), media_type=SVG, headers=NO_STORE)
+    unit = queries.step_unit(dict(run.config))
+    return Response(_svg(name, evals, rounds, unit), media_type=SVG, headers=NO_STORE)
 
 
 @router.get("/runs/{run_id}/checkpoints/{number:int}.safetensors", response_class=FileResponse)
