@@ -4,7 +4,7 @@ It simulates heterogeneous workers (one GPU several times slower than another) i
 and benchmarks; a real deployment leaves it unset.
 
 On a SuperNode: ``--node-config "slowdown=5"``. Flower's simulation engine gives nodes
-only their partition, so ``slowed_app`` wraps the ClientApp to set it by partition id.
+only their partition, so ``client.slow_app.slowed_app`` sets it by partition id.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 
 SLOWDOWN_KEY = "slowdown"
 
@@ -42,27 +39,3 @@ def pause(node_config: Mapping[str, object], train_seconds: float) -> float:
     if extra > 0:
         time.sleep(extra)
     return extra
-
-
-def slowed_app(factors: Mapping[int, float]) -> ClientApp:
-    """fedmerge's ClientApp with ``slowdown`` set on the simulated nodes of the given
-    partition ids (partition id -> k), for the simulation engine."""
-    from client.client_app import evaluate_shared, train
-
-    app = ClientApp()
-
-    def with_slowdown(context: Context) -> Context:
-        pid = int(str(context.node_config.get("partition-id", -1)))
-        if pid in factors:
-            context.node_config[SLOWDOWN_KEY] = float(factors[pid])
-        return context
-
-    @app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        return train(msg, with_slowdown(context))
-
-    @app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        return evaluate_shared(msg, context)
-
-    return app

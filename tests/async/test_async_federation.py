@@ -94,7 +94,7 @@ def test_kill_and_resume_continues_from_the_last_version_and_counts_nothing_twic
 
 @pytest.mark.simulation
 def test_two_of_eight_nodes_five_times_slower_reach_90_percent(tmp_path: Path) -> None:
-    from client.slowdown import slowed_app
+    from client.slow_app import slowed_app
 
     cfg = parse_run_config({**RUN, "out-dir": str(tmp_path)})
     result = simulate(cfg, num_clients=8, client_app=slowed_app({1: 5.0, 6: 5.0}))
