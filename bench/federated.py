@@ -170,9 +170,11 @@ def run_contenders(
     client_cpus: float = 1.0,
     verbose: bool = False,
     on_done: Callable[[Curve], None] | None = None,
+    client_app: ClientApp | None = None,
 ) -> dict[str, Curve]:
     """Run every contender, in order, in one simulation; returns their curves by label.
-    A contender that raises is recorded with its error and the others go on."""
+    A contender that raises is recorded with its error and the others go on.
+    ``client_app``: one that wraps ``bench_client`` (default: bench_client itself)."""
     personal_at = [i for i, c in enumerate(contenders) if c.personal]
     if personal_at and personal_at != [len(contenders) - 1]:
         raise ValueError("a personal-mode contender must be the last one, and only one: "
@@ -212,7 +214,7 @@ def run_contenders(
                 on_done(curve)
 
     try:
-        run_server_main(main, num_clients=num_clients, client_app=bench_client,
+        run_server_main(main, num_clients=num_clients, client_app=client_app or bench_client,
                         client_cpus=client_cpus, verbose=verbose)
     finally:
         shutil.rmtree(work, ignore_errors=True)
