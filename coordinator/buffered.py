@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from logging import INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -43,13 +42,13 @@ from aggregation.staleness import StalenessWeight
 from client.metrics import TRAIN_LOSS
 from coordinator.checkpoints import save_checkpoint
 from coordinator.config import MergeConfig
-from coordinator.evaluation import CentralEvaluation, headline_of
+from coordinator.evaluation import headline_of
 from coordinator.grid import Reply
+from coordinator.inflight import InFlight, Ticket
 from coordinator.journal import RunJournal
 from coordinator.merge import ClientOutcome, Merge, MergeReport
-from coordinator.payloads import params_record
 from coordinator.replies import UpdateRejected
-from coordinator.rounds import RoundLoop, update_record
+from coordinator.rounds import CentralEvaluation, RoundLoop, update_record
 from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, repo
 
 IN_FLIGHT = "in-flight"  # a version's metrics: the messages in flight at its commit
@@ -63,105 +62,6 @@ class BufferSettings:
     min_nodes: int  # nodes to wait for before starting
     max_staleness: int  # replies with tau above it are rejected
     weight: Callable[[int], float] = field(default_factory=StalenessWeight)  # s(tau)
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """A train message in flight: to ``node``, carrying the theta of version ``base``."""
-
-    message_id: str
-    node: int
-    base: int
-    sent_at: float = 0.0  # time.monotonic() at the push; 0 for one re-attached on resume
-    occupies_node: bool = True  # False for one re-attached on resume: the node got new work
-
-    @property
-    def update_id(self) -> str:
-        return f"{self.node}:{self.base}:{self.message_id}"
-
-    def as_json(self) -> list[object]:
-        return [self.message_id, str(self.node), self.base]
-
-    @classmethod
-    def from_json(cls, row: list[object]) -> Ticket:
-        message_id, node, base = row
-        return cls(str(message_id), int(str(node)), int(str(base)), occupies_node=False)
-
-
-class _Work:
-    """The messages in flight and the replies pulled but not yet taken, on Flower's
-    grid (push_messages / pull_messages with a short, backing-off poll)."""
-
-    def __init__(self, grid: Grid, train_config: ConfigRecord, *, min_interval: float,
-                 max_interval: float) -> None:
-        self.grid = grid
-        self.train_config = train_config
-        self.min_interval, self.max_interval = min_interval, max_interval
-        self.tickets: dict[str, Ticket] = {}
-        self.ready: deque[tuple[Ticket, Message]] = deque()
-        self.dispatched = 0  # train messages sent by this start of the loop
-        self.send_s = self.wait_s = 0.0
-        self._record: tuple[int, object] | None = None  # (version, its ArrayRecord)
-
-    def send(self, nodes: Iterable[int], state: ServerState) -> None:
-        """Each of ``nodes`` is sent theta of ``state`` (its version: state.round)."""
-        nodes = list(nodes)
-        if not nodes:
-            return
-        t0 = time.perf_counter()
-        if self._record is None or self._record[0] != state.round:  # one record a version
-            self._record = (state.round, params_record(state.params))
-        messages = []
-        for node in nodes:
-            self.dispatched += 1
-            config = ConfigRecord({**self.train_config, "base-version": state.round,
-                                   # seeds the client's local SGD: new for each dispatch
-                                   "server-round": state.round * 1_000_003 + self.dispatched})
-            content = RecordDict({"arrays": self._record[1], "config": config})
-            messages.append(self.grid.create_message(content, MessageType.TRAIN, node,
-                                                     str(state.round)))
-        ids = list(self.grid.push_messages(messages))
-        now = time.monotonic()
-        for mid, node in zip(ids, nodes, strict=True):
-            self.tickets[mid] = Ticket(mid, node, state.round, now)
-        self.send_s += time.perf_counter() - t0
-
-    def next_reply(self, deadline: float) -> tuple[Ticket, Message] | None:
-        """The next reply (pulling until one is there), or None at ``deadline``."""
-        interval = self.min_interval
-        while not self.ready:
-            t0 = time.perf_counter()
-            ids = set(self.tickets)
-            got = [m for m in self.grid.pull_messages(ids)
-                   if m.metadata.reply_to_message_id in ids] if ids else []
-            for m in got:
-                self.ready.append((self.tickets.pop(m.metadata.reply_to_message_id), m))
-            if not got:
-                if time.monotonic() >= deadline:
-                    self.wait_s += time.perf_counter() - t0
-                    return None
-                time.sleep(interval)
-                interval = min(interval * 2, self.max_interval)
-            self.wait_s += time.perf_counter() - t0
-        return self.ready.popleft()
-
-    def expired(self, timeout: float) -> list[Ticket]:
-        """The tickets sent more than ``timeout`` s ago, given up (no longer pulled)."""
-        now = time.monotonic()
-        gone = [t for t in self.tickets.values()
-                if t.occupies_node and now - t.sent_at > timeout]
-        for t in gone:
-            del self.tickets[t.message_id]
-        return gone
-
-    def in_flight(self) -> list[list[object]]:
-        """Every message sent and not yet taken: at the grid, or pulled and waiting."""
-        return [t.as_json() for t in (*self.tickets.values(), *(t for t, _ in self.ready))]
-
-    def take_timings(self) -> tuple[float, float]:
-        out = (self.send_s, self.wait_s)
-        self.send_s = self.wait_s = 0.0
-        return out
 
 
 @dataclass
@@ -202,7 +102,7 @@ class BufferedLoop:
         if state.round >= last_version:
             assert central is not None
             return state, central
-        work = _Work(self.grid, self.train_config, min_interval=self.min_interval,
+        work = InFlight(self.grid, self.train_config, min_interval=self.min_interval,
                      max_interval=self.max_interval)
         for t in self.resumed_in_flight:
             work.tickets[t.message_id] = t
@@ -224,7 +124,7 @@ class BufferedLoop:
         return state, central
 
     def run_version(
-        self, state: ServerState, work: _Work, merged: set[str]
+        self, state: ServerState, work: InFlight, merged: set[str]
     ) -> tuple[ServerState, RoundRecord]:
         number = state.round + 1
         started_at, t0 = datetime.now(UTC), time.perf_counter()
@@ -274,7 +174,7 @@ class BufferedLoop:
         return state, record
 
     def _fill(
-        self, state: ServerState, work: _Work, merged: set[str]
+        self, state: ServerState, work: InFlight, merged: set[str]
     ) -> tuple[_Buffer, list[tuple[str, str]]]:
         """Replies until M are accepted into the buffer; the nodes of refused replies
         and of all but the last accepted one are sent the current theta at once."""
@@ -322,7 +222,7 @@ class BufferedLoop:
             return str(exc)
         return None
 
-    def _left_in_flight(self, work: _Work) -> None:
+    def _left_in_flight(self, work: InFlight) -> None:
         lost = [t for t in work.tickets.values() if not t.occupies_node]
         if lost:
             message = (f"{len(lost)} update(s) in flight when the run stopped before its "
