@@ -4,6 +4,7 @@ exactly its staleness weight, and one past max-staleness is rejected and recorde
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from aggregation import ServerState, WeightedMean, adam, sgd
 from aggregation.staleness import StalenessWeight
 from coordinator.buffered import BufferedLoop, BufferSettings
 from coordinator.grid import StreamingGrid
+from coordinator.inflight import Ticket
 from coordinator.journal import RunJournal
 from coordinator.merge import Merge
+from coordinator.payloads import params_record
 from coordinator.replies import ReplyValidator
 from coordinator.rounds import RoundLoop
 from coordinator.store import EvaluationRecord, make_session_factory, migrated_engine, repo
@@ -159,3 +162,39 @@ def test_past_max_staleness_is_rejected_with_the_reason_and_recorded(
         assert u.metrics["staleness"] > 1
         assert "max-staleness 1" in u.reason and f"version {u.metrics['base-version']}" in u.reason
     torch.testing.assert_close(state.params["w"], torch.zeros(3))  # nothing of it merged
+
+
+def test_replies_in_flight_before_a_resume_are_taken_or_refused_never_twice(
+    journal, tmp_path: Path
+) -> None:
+    """Resumed at version 5 with three messages still at the grid: one whose update was
+    merged before the crash, one too stale, one fresh enough."""
+    grid = TickingGrid([FAST, SLOW], _slow_moves_fast_stays, {FAST: 1, SLOW: 1})
+    theta = {"w": torch.zeros(3)}
+    old = [grid.create_message(RecordDict({"arrays": params_record(theta),
+                                           "config": ConfigRecord({})}), "train", SLOW, "0")
+           for _ in range(3)]
+    ids = list(grid.push_messages(old))
+    tickets = (Ticket(ids[0], SLOW, 5, occupies_node=False),
+               Ticket(ids[1], SLOW, 1, occupies_node=False),
+               Ticket(ids[2], SLOW, 4, occupies_node=False))
+    j = journal()
+    loop = BufferedLoop(
+        grid=grid, merge=Merge(ReplyValidator(), WeightedMean(), sgd(lr=1.0)), central=_central,
+        journal=j, checkpoint_dir=tmp_path / "ck", train_config=ConfigRecord({}),
+        buffer=BufferSettings(size=2, concurrency=2, min_nodes=2, max_staleness=2,
+                              weight=StalenessWeight("polynomial", exponent=0.5)),
+        timeout=60.0, merged=frozenset({tickets[0].update_id}), resumed_in_flight=tickets,
+        min_interval=0.0, max_interval=0.0)
+    state = replace(_state(sgd(lr=1.0)), round=5)
+    state, _ = loop.run(state, 6)
+
+    by_id = {u.metrics["update-id"]: u for u in _updates(j)}
+    merged_before, too_old, fresh = (by_id[t.update_id] for t in tickets)
+    assert not merged_before.accepted and "already merged" in merged_before.reason
+    assert not too_old.accepted and "max-staleness 2" in too_old.reason
+    assert too_old.metrics["staleness"] == 4
+    assert fresh.accepted and fresh.metrics["staleness"] == 1
+    assert fresh.metrics["staleness-weight"] == 2 ** -0.5
+    ids_merged = [u.metrics["update-id"] for u in by_id.values() if u.accepted]
+    assert len(ids_merged) == 2 and tickets[0].update_id not in ids_merged
