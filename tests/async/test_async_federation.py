@@ -54,11 +54,12 @@ def one_thread():
 
 
 def test_kill_and_resume_continues_from_the_last_version_and_counts_nothing_twice(
-    tmp_path: Path, one_thread
+    tmp_path: Path, db_url: str, one_thread
 ) -> None:
+    """On SQLite and on PostgreSQL."""
     clients = InProcessClients(8)
     grid = TickingGrid(clients.nodes, clients, {n: 5 if n in SLOW else 1 for n in clients.nodes})
-    cfg = parse_run_config({**RUN, "out-dir": str(tmp_path)})
+    cfg = parse_run_config({**RUN, "out-dir": str(tmp_path), "db": db_url})
 
     def crash_after_5(record) -> None:
         if record.number == 5:
@@ -66,15 +67,16 @@ def test_kill_and_resume_continues_from_the_last_version_and_counts_nothing_twic
 
     with pytest.raises(Crash):
         run_federation(grid, cfg, on_commit=crash_after_5)
-    db_url = f"sqlite:///{tmp_path / 'fedmerge.db'}"
-    with make_session_factory(make_engine(db_url))() as s:
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as s:
         (run,) = repo.list_runs(s)
         assert run.status == "failed"
         at_crash = [row[0] for row in repo.last_committed_round(s, run.id).metrics[IN_FLIGHT]]
+    engine.dispose()
     assert at_crash  # messages were in flight when it died
 
     result = run_federation(grid, parse_run_config({**RUN, "out-dir": str(tmp_path),
-                                                    "resume-run": run.id}))
+                                                    "db": db_url, "resume-run": run.id}))
     rounds, updates, evals, events = _stored(result.db_url, run.id)
 
     assert result.rounds == 12
