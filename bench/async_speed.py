@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--slow", default=None, help="comma list of slowdown factors k")
     ap.add_argument("--rounds", type=int, default=None, help="sync rounds (async: 2x versions)")
+    ap.add_argument("--local-epochs", type=int, default=3)
+    ap.add_argument("--client-cpus", type=float, default=1.0,
+                    help="Ray CPUs per client: below 1, more clients run (and sleep) at once")
     args = ap.parse_args(argv)
     from bench.common import quiet
 
@@ -126,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     base: dict[str, Any] = {"num-server-rounds": rounds, "num-clients": clients,
                             "min-nodes": clients, "fraction-evaluate": 0.0,
-                            "partition": "iid", "local-epochs": 3, "local-lr": 0.3}
+                            "partition": "iid", "local-epochs": args.local_epochs,
+                            "local-lr": 0.3}
     rows, t0 = [], time.perf_counter()
     for k in factors:
         for seed in range(seeds):
             curves = run_contenders({**base, "seed": seed}, contenders(clients, rounds),
-                                    num_clients=clients,
+                                    num_clients=clients, client_cpus=args.client_cpus,
                                     client_app=slowed_bench_client({p: k for p in slow_nodes}))
             curves.pop(WARM_UP, None)
             totals = {label: sum(c.round_s) for label, c in curves.items() if not c.error}
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {machine}.",
         f"{clients} clients, {len(slow_nodes)} of them k times slower; iid split, local "
-        f"epochs 3, local lr 0.3; sync: {rounds} rounds; async: buffer {clients // 2}, "
+        f"epochs {args.local_epochs}, local lr 0.3; {args.client_cpus:g} Ray CPUs per "
+        f"client; sync: {rounds} rounds; async: buffer {clients // 2}, "
         f"concurrency {clients}, {rounds * 2} versions, polynomial staleness (a = 0.5). "
         f"Seconds: sum of round (version) wall times; {time.perf_counter() - t0:.0f} s in all.",
         "",
