@@ -6,7 +6,9 @@
 Contenders, all on the same client settings and the same simulation: ours async (adam;
 and sgd lr 1, FedBuff's own server step), ours sync (adam), Flower's FedAvg and FedAdam.
 Async merges buffer-size = K/2 replies per version and runs twice as many versions as
-the others run rounds (the same number of client updates merged).
+the others run rounds (the same number of client updates merged). ``--client-cpus 0.2``
+runs every client in its own Ray actor (a slow worker's sleep then holds up no other,
+as on separate machines); ``--local-epochs`` sets the local work per reply.
 
 Wall-clock is the sum of the rounds' (versions') seconds, central evaluation included,
 the engine's start-up excluded (a one-round warm-up runs first, unreported); "equal
