@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,6 +65,8 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "bucketed-trimmed-mean": {"combiner": "bucketed-trimmed-mean", "bucket-size": 2,
                               "trim-beta": 0.3},
     "centered-clipping": {"combiner": "centered-clipping"},
+    "centered-clipping+max-norm-ratio": {"combiner": "centered-clipping",
+                                         "max-norm-ratio": 3.0},
     "fltrust": {"combiner": "fltrust"},
 }
 
@@ -75,7 +78,7 @@ def base_config(split: str, optimizer: str, rounds: int, seed: int) -> dict[str,
 
 
 def federation(config: dict[str, Any], partitions: Sequence[int],
-               adversary: Adversary | None = None) -> dict[str, Any]:
+               adversary: Adversary | None = None, *, verbose: bool = False) -> dict[str, Any]:
     """Final central accuracy, seconds, and whether theta moved every round that had a
     valid honest reply (``stalled``: the rounds it did not)."""
     stalled: list[int] = []
@@ -91,11 +94,17 @@ def federation(config: dict[str, Any], partitions: Sequence[int],
     with tempfile.TemporaryDirectory(prefix="fedmerge-robust-") as out:
         result = run_inprocess({**config, "out-dir": out}, partitions, NUM_CLIENTS, adversary,
                                on_commit=on_commit)
-    return {"acc": result.central_accuracy, "s": time.perf_counter() - t0,
-            "stalled": stalled}
+    row = {"acc": result.central_accuracy, "s": time.perf_counter() - t0, "stalled": stalled}
+    if verbose:
+        label = config.get("combiner", "mean") + (
+            "+max-norm-ratio" if config.get("max-norm-ratio") else "")
+        print(f"  {label} {adversary.attack if adversary else ''} "
+              f"{len(partitions)} clients: {row['acc']:.3f} ({row['s']:.1f} s)", flush=True)
+    return row
 
 
-def run_grid(splits, optimizers, attacks, defences, seeds, rounds) -> dict[str, Any]:
+def run_grid(splits, optimizers, attacks, defences, seeds, rounds,
+             verbose: bool = True) -> dict[str, Any]:
     everyone = list(range(NUM_CLIENTS))
     honest = [p for p in everyone if p not in HOSTILE]
     out: dict[str, Any] = {}
@@ -104,13 +113,14 @@ def run_grid(splits, optimizers, attacks, defences, seeds, rounds) -> dict[str, 
             for seed in seeds:
                 base = base_config(split, opt, rounds, seed)
                 key = f"{split}/{opt}/{seed}"
-                cell: dict[str, Any] = {"honest-7": federation(base, honest)}
-                cell["honest-10"] = {d: federation({**base, **DEFENCES[d]}, everyone)
-                                     for d in defences}
+                print(f"== {key}", flush=True)
+                cell: dict[str, Any] = {"honest-7": federation(base, honest, verbose=verbose)}
+                cell["honest-10"] = {d: federation({**base, **DEFENCES[d]}, everyone,
+                                                   verbose=verbose) for d in defences}
                 for attack in attacks:
                     adversary = Adversary(attack, HOSTILE, seed)
-                    cell[attack] = {d: federation({**base, **DEFENCES[d]}, everyone, adversary)
-                                    for d in defences}
+                    cell[attack] = {d: federation({**base, **DEFENCES[d]}, everyone, adversary,
+                                                  verbose=verbose) for d in defences}
                 out[key] = cell
                 print(f"{key}: honest-7 {cell['honest-7']['acc']:.3f}; " + "; ".join(
                     f"{a}: " + " ".join(f"{d} {cell[a][d]['acc']:.3f}" for d in defences)
@@ -129,6 +139,8 @@ def grid_tables(grid: dict[str, Any], splits, optimizers, attacks, defences,
             base = [c["honest-7"]["acc"] for c in cells]
             rows = []
             for d in defences:
+                if any(d not in c["honest-10"] for c in cells):
+                    continue  # not run in this cell
                 row = [d]
                 for a in ["honest-10", *attacks]:
                     diffs = [100 * (c[a][d]["acc"] - b) for c, b in zip(cells, base, strict=True)]
@@ -145,6 +157,33 @@ def grid_tables(grid: dict[str, Any], splits, optimizers, attacks, defences,
                    if "mean" in defences else "") + "\n\n"
                 + markdown_table(["defence", "no attack (10 honest)", *attacks], rows) + "\n")
     return "\n".join(text)
+
+
+def recommend(grids: Sequence[dict[str, Any]], attacks, defences) -> str:
+    """Each defence over every cell of ``grids`` (split x optimizer x seed): its worst
+    cost against the plain mean with nobody attacking, and its mean and worst distance to
+    the honest-7 baseline under attack. The recommendation: the best mean under attack
+    among the defences that cost at most 1 point with nobody attacking."""
+    cells = [c for g in grids for c in g.values()]
+    rows, eligible = [], []
+    for d in defences:
+        honest = [100 * (c["honest-10"][d]["acc"] - c["honest-10"]["mean"]["acc"])
+                  for c in cells if d in c["honest-10"] and "mean" in c["honest-10"]]
+        hit = [100 * (c[a][d]["acc"] - c["honest-7"]["acc"])
+               for c in cells for a in attacks if a in c and d in c[a]]
+        if not honest or not hit:
+            continue
+        within = sum(x >= -3 for x in hit)
+        rows.append([d, f"{min(honest):+.1f}", f"{statistics.fmean(hit):+.1f}",
+                     f"{min(hit):+.1f}", f"{within} of {len(hit)}"])
+        if min(honest) >= -1.0:
+            eligible.append((statistics.fmean(hit), d))
+    best = max(eligible)[1] if eligible else "none"
+    return ("### Which defence\n\n" + markdown_table(
+        ["defence", "no attack: worst vs the plain mean", "under attack: mean vs honest-7",
+         "worst", "cells within 3 points"], rows)
+        + "\n\nRecommended (best mean under attack among those within 1 point of the "
+        f"plain mean with nobody attacking): **{best}**\n")
 
 
 def merge_times(k: int, p: int, defences: Sequence[str], reps: int) -> str:
@@ -190,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge-reps", type=int, default=3)
     ap.add_argument("--no-grid", action="store_true", help="only the merge times")
     ap.add_argument("--name", default="robust", help="report name under the results folder")
+    ap.add_argument("--from", dest="from_", default="",
+                    help="comma-separated JSON files of earlier runs: report them together "
+                         "(run nothing but the merge times)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.rounds, args.splits = "0", 5, "dirichlet-0.1"
@@ -209,7 +251,23 @@ def main(argv: list[str] | None = None) -> int:
     out = results_dir(args.out)
     t0 = time.perf_counter()
     text = ["# Robust merging under attack (bench/robust.py)\n", f"Machine: {machine_line()}\n"]
-    if not args.no_grid:
+    if args.from_:
+        grids = [json.loads(Path(f).read_text()) for f in args.from_.split(",")]
+        merged = {k: v for g in grids for k, v in g.items()}
+        keys = [k.split("/") for k in merged]
+        splits = [x for x in SPLITS if any(k[0] == x for k in keys)]
+        opts = [x for x in OPTIMIZERS if any(k[1] == x for k in keys)]
+        seeds = sorted({int(k[2]) for k in keys})
+        text.append(f"From {args.from_}. {NUM_CLIENTS} clients, hostile partitions "
+                    f"{sorted(HOSTILE)}. Cells: final central accuracy minus the honest-7 "
+                    "baseline, in points, mean over seeds (worst seed in brackets).\n")
+        for split in splits:
+            for opt in opts:
+                have = [s for s in seeds if f"{split}/{opt}/{s}" in merged]
+                text.append(grid_tables(merged, [split], [opt], pick["attacks"],
+                                        pick["defences"], have))
+        text.append(recommend([merged], pick["attacks"], pick["defences"]))
+    elif not args.no_grid:
         grid = run_grid(pick["splits"], pick["optimizers"], pick["attacks"], pick["defences"],
                         seeds, args.rounds)
         (out / f"{args.name}.json").write_text(json.dumps(grid, indent=1))
@@ -220,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "did not move although an honest reply was valid.\n")
         text.append(grid_tables(grid, pick["splits"], pick["optimizers"], pick["attacks"],
                                 pick["defences"], seeds))
+        text.append(recommend([grid], pick["attacks"], pick["defences"]))
     if args.merge_time != "none":
         torch.set_num_threads(torch.get_num_threads() if args.no_grid else 2)
         k, _, p = args.merge_time.partition("x")
