@@ -9,8 +9,8 @@ from aggregation.combiners import (
     OffsetCombiner,
     TrimmedMean,
     WeightedMean,
-    make_combiner,
 )
+from aggregation.factory import make_combiner
 from aggregation.optimizers import (
     OptimizerState,
     ServerOptimizer,
