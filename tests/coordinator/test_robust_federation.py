@@ -367,7 +367,8 @@ def test_multi_krum_never_selects_the_sign_flipper(federations: dict[str, Federa
         partition_of = {u.node_id: u.partition_id for u in f.updates
                         if u.round_number == r.number and u.accepted}
         selected = {partition_of[n] for n in r.metrics["combiner-selected"]}
-        assert len(selected) == NUM_CLIENTS - 1 - 2  # K - f of the 9 valid updates
+        # the NaN sender is one of the f = 2: f' = 1, K - f' = 8 of the 9 valid updates
+        assert len(selected) == NUM_CLIENTS - 1 - 1
         assert FLIPPER not in selected
 
 
