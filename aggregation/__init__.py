@@ -9,8 +9,8 @@ from aggregation.combiners import (
     OffsetCombiner,
     TrimmedMean,
     WeightedMean,
-    make_combiner,
 )
+from aggregation.factory import make_combiner
 from aggregation.optimizers import (
     OptimizerState,
     ServerOptimizer,
@@ -22,9 +22,13 @@ from aggregation.optimizers import (
     yogi,
 )
 from aggregation.pseudo_grad import objective_gradient
+from aggregation.robust import Bucketing, CenteredClipping, FLTrust
 from aggregation.types import ClientUpdate, Params, ServerState
 
 __all__ = [
+    "Bucketing",
+    "CenteredClipping",
+    "FLTrust",
     "ClientUpdate",
     "CombineResult",
     "CoordinateMedian",

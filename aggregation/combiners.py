@@ -89,10 +89,16 @@ class OffsetCombiner(ABC):
         self.clip_norm = clip_norm
 
     @abstractmethod
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         """Combine ``updates``, which the caller has validated (finite, within bounds);
         ``template`` gives the model's tensor names, shapes and dtypes (its values are
-        not read)."""
+        not read, except by rules that say so). ``rejected``: how many of the round's
+        replies validation refused. A rule that tolerates f hostile clients counts them
+        among its f (a refused reply is a hostile client already out), so f' =
+        max(0, f - rejected) of ``updates`` may still be hostile. Only rules that hold
+        the round (``streaming`` False) are given it; the others ignore it."""
 
 
 class WeightedMean(OffsetCombiner):
@@ -120,7 +126,9 @@ class WeightedMean(OffsetCombiner):
         return self._sum
 
     @torch.no_grad()
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         acc = self._buffers(template)
         weight_sum = dict.fromkeys(acc, 0.0)
         merged = 0
@@ -149,7 +157,9 @@ class FisherWeightedMean(OffsetCombiner):
         self.eps = eps
 
     @torch.no_grad()
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         num = {k: torch.zeros_like(t) for k, t in template.items()}
         den = {k: torch.zeros_like(t) for k, t in template.items()}
         sent: set[str] = set()
@@ -177,7 +187,9 @@ class _StackingCombiner(OffsetCombiner):
     sent it, shape (K_k, *shape), and reduce over dim 0."""
 
     @torch.no_grad()
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         ups = list(updates)  # O(K x P): these combiners need every offset at once
         scales = [_clip_factor(u, self.clip_norm) for u in ups]
         out: Params = {}
@@ -187,29 +199,37 @@ class _StackingCombiner(OffsetCombiner):
                 stacked = torch.stack([u.offset[k] for u, _ in rows])  # (K_k, *shape)
                 if self.clip_norm > 0:
                     stacked.mul_(_column([s for _, s in rows], stacked))
-                out[k] = self.reduce(stacked, [u.weight for u, _ in rows])
+                out[k] = self.reduce(stacked, [u.weight for u, _ in rows], rejected=rejected)
         return CombineResult(out, len(ups))
 
     @abstractmethod
-    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
-        """Reduce (K, *shape) to (*shape)."""
+    def reduce(self, stacked: Tensor, weights: list[float], *, rejected: int = 0) -> Tensor:
+        """Reduce (K, *shape) to (*shape); ``rejected`` as in ``combine``."""
 
 
 class CoordinateMedian(_StackingCombiner):
     """Coordinate-wise median (Yin et al. 2018); the mean of the two middle values for
     an even count. Unweighted: one client, one vote."""
 
-    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
-        k = stacked.shape[0]
-        s = stacked.sort(dim=0).values
-        if k % 2:
+    def reduce(self, stacked: Tensor, weights: list[float], *, rejected: int = 0) -> Tensor:
+        return median_rows(stacked)
+
+
+def median_rows(stacked: Tensor) -> Tensor:
+    """The coordinate-wise median of (K, *shape) over dim 0; the mean of the two middle
+    values for an even K."""
+    k = stacked.shape[0]
+    s = stacked.sort(dim=0).values
+    if k % 2:
             return s[k // 2]
-        return (s[k // 2 - 1] + s[k // 2]) / 2
+    return (s[k // 2 - 1] + s[k // 2]) / 2
 
 
 class TrimmedMean(_StackingCombiner):
-    """Coordinate-wise trimmed mean: drop the floor(beta K) largest and smallest values per
-    coordinate, average the rest (Yin et al. 2018)."""
+    """Coordinate-wise trimmed mean: drop the f largest and smallest values per coordinate,
+    average the rest (Yin et al. 2018). f = floor(beta n) of the round's n = K + rejected
+    replies, less those validation already refused: f' = max(0, f - rejected) of the K
+    valid ones are cut at each end."""
 
     def __init__(self, *, beta: float = 0.1, clip_norm: float = 0.0) -> None:
         super().__init__(clip_norm=clip_norm)
@@ -217,18 +237,30 @@ class TrimmedMean(_StackingCombiner):
             raise CombinerError(f"trim-beta must be in [0, 0.5), got {beta}")
         self.beta = beta
 
-    def reduce(self, stacked: Tensor, weights: list[float]) -> Tensor:
+    def reduce(self, stacked: Tensor, weights: list[float], *, rejected: int = 0) -> Tensor:
         k = stacked.shape[0]
-        cut = int(math.floor(self.beta * k))
-        s = stacked.sort(dim=0).values
-        return s[cut : k - cut].mean(dim=0)
+        return trimmed_rows(stacked, self.cut(k, rejected))
+
+    def cut(self, valid: int, rejected: int = 0) -> int:
+        """Values cut at each end out of ``valid``, when ``rejected`` replies are out."""
+        return max(0, math.floor(self.beta * (valid + rejected)) - rejected)
+
+
+def trimmed_rows(stacked: Tensor, cut: int) -> Tensor:
+    """The mean over dim 0 of (K, *shape) without the ``cut`` largest and smallest values
+    of each coordinate."""
+    k = stacked.shape[0]
+    s = stacked.sort(dim=0).values
+    return s[cut : k - cut].mean(dim=0)
 
 
 class Krum(OffsetCombiner):
     """Krum and multi-Krum (Blanchard et al. 2017): score each client by the summed
     squared distances to its K - f - 2 nearest others, keep the ``num_selected`` best
     scored and average them by examples. ``num_selected`` = 1 is Krum; None is multi-Krum
-    with m = K - f. Every client must send every tensor (distances are over the model)."""
+    with m = K - f. Every client must send every tensor (distances are over the model).
+    Replies validation refused count among the f hostile clients: with ``rejected`` of
+    them, f' = max(0, f - rejected) and K >= 2f' + 3 valid updates suffice."""
 
     full_updates_only = True
 
@@ -241,13 +273,16 @@ class Krum(OffsetCombiner):
         self._mean = WeightedMean(clip_norm=clip_norm)
 
     @torch.no_grad()
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         ups = list(updates)
         k = len(ups)
-        if k < 2 * self.byzantine + 3:
+        f = max(0, self.byzantine - rejected)
+        if k < 2 * f + 3:
             raise CombinerError(
-                f"krum with f={self.byzantine} needs at least {2 * self.byzantine + 3} "
-                f"clients, got {k}"
+                f"krum with f={self.byzantine} ({rejected} already rejected: f'={f}) needs "
+                f"at least {2 * f + 3} valid clients, got {k}"
             )
         if any(set(u.offset) != set(template) for u in ups):
             raise CombinerError("krum needs every client to send every tensor")
@@ -258,17 +293,17 @@ class Krum(OffsetCombiner):
             if self.clip_norm > 0:
                 x.mul_(_column(scales, x))
             dist += torch.cdist(x, x).square()  # (K, K)
-        nearest = k - self.byzantine - 2
+        nearest = k - f - 2
         # Row i's smallest value is its zero self-distance: skip it.
         scores = dist.sort(dim=1).values[:, 1 : nearest + 1].sum(dim=1)
-        m = k - self.byzantine if self.num_selected is None else self.num_selected
+        m = k - f if self.num_selected is None else min(self.num_selected, k)
         order = scores.argsort().tolist()
         chosen = order[:m]
         mean = self._mean.combine([ups[i] for i in chosen], template)  # clips them alike
         diag: dict[str, float | list[str]] = {"selected": [ups[i].client_id for i in chosen]}
         dropped = {
             ups[i].client_id: (f"not selected by krum: score rank {rank + 1} of {k}, "
-                               f"{m} selected (f={self.byzantine})")
+                               f"{m} selected (f={f})")
             for rank, i in enumerate(order) if rank >= m
         }
         return CombineResult(mean.offset, k, diag, dropped)
@@ -278,25 +313,6 @@ def _column(values: list[float], like: Tensor) -> Tensor:
     """``values`` shaped (K, 1, ...) to scale the rows of a stacked (K, ...) tensor."""
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(
         -1, *[1] * (like.dim() - 1))
-
-
-def make_combiner(
-    name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0,
-) -> OffsetCombiner:
-    """The combiner a run's config names."""
-    if name == "mean":
-        return WeightedMean(clip_norm=clip_norm)
-    if name == "fisher":
-        return FisherWeightedMean(clip_norm=clip_norm)
-    if name == "median":
-        return CoordinateMedian(clip_norm=clip_norm)
-    if name == "trimmed-mean":
-        return TrimmedMean(beta=trim_beta, clip_norm=clip_norm)
-    if name == "krum":
-        return Krum(byzantine=byzantine, num_selected=1, clip_norm=clip_norm)
-    if name == "multi-krum":
-        return Krum(byzantine=byzantine, num_selected=None, clip_norm=clip_norm)
-    raise CombinerError(f"unknown combiner {name!r}")
 
 
 def _same_layout(a: Params, b: Params) -> bool:

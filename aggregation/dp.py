@@ -98,7 +98,9 @@ class GaussianSumMean(OffsetCombiner):
         return self._sum
 
     @torch.no_grad()
-    def combine(self, updates: Iterable[ClientUpdate], template: Params) -> CombineResult:
+    def combine(
+        self, updates: Iterable[ClientUpdate], template: Params, *, rejected: int = 0
+    ) -> CombineResult:
         clip = self.clip_norm
         std = self.noise_multiplier * clip
         acc = self._noise(template, std)

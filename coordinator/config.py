@@ -65,10 +65,17 @@ class MergeConfig(BaseModel):
     beta2: float = Field(0.99, ge=0.0, lt=1.0)
     tau: float = Field(1e-3, gt=0.0)
     lam: float = Field(1.0, gt=0.0)
-    combiner: Literal["mean", "fisher", "median", "trimmed-mean", "krum", "multi-krum"] = "mean"
+    combiner: Literal["mean", "fisher", "median", "trimmed-mean", "krum", "multi-krum",
+                      "bucketed-median", "bucketed-trimmed-mean", "bucketed-krum",
+                      "bucketed-multi-krum", "centered-clipping", "fltrust"] = "mean"
     trim_beta: float = Field(0.1, ge=0.0, lt=0.5, alias="trim-beta")
     krum_byzantine: int = Field(1, ge=0, alias="krum-byzantine")
     clip_norm: float = Field(0.0, ge=0.0, alias="clip-norm")
+    # robust rules for non-IID clients (docs/robustness.md)
+    bucket_size: int = Field(2, ge=1, alias="bucket-size")
+    cc_tau: float = Field(0.0, ge=0.0, alias="cc-tau")  # 0 = the round's median distance
+    cc_iterations: int = Field(3, ge=1, le=100, alias="cc-iterations")
+    fltrust_root_size: int = Field(100, ge=1, alias="fltrust-root-size")
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
@@ -279,6 +286,10 @@ def check_task(cfg: MergeConfig) -> None:
     from client.tasks.registry import load_task
 
     try:
-        load_task(cfg.task, cfg.task_config)
+        task = load_task(cfg.task, cfg.task_config)
     except TaskError as exc:
         raise ConfigError(f"invalid run config: {exc}") from None
+    if cfg.combiner == "fltrust" and task.central_data() is None:
+        raise ConfigError(f"invalid run config: combiner: fltrust needs the coordinator's "
+                          f"held-out data for its root set, and task {cfg.task!r} has none; "
+                          "choose another combiner (centered-clipping needs no data)")

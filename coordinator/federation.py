@@ -25,6 +25,7 @@ from coordinator.journal import RunJournal
 from coordinator.merge import Merge
 from coordinator.privacy import dp_combiner, plan_of
 from coordinator.replies import ReplyValidator, UpdateLimits
+from coordinator.root_update import server_update
 from coordinator.rounds import RoundLoop
 from coordinator.runs import open_run, server_optimizer
 from coordinator.store import RoundRecord, make_session_factory, migrated_engine, resolve_db_url
@@ -89,7 +90,9 @@ def build_merge(cfg: MergeConfig) -> Merge:
     """The run's algorithm: validator, combiner and server optimizer."""
     combiner = dp_combiner(cfg) if cfg.dp == "central" else make_combiner(
         cfg.combiner, trim_beta=cfg.trim_beta, byzantine=cfg.krum_byzantine,
-        clip_norm=cfg.clip_norm)
+        clip_norm=cfg.clip_norm, bucket_size=cfg.bucket_size, cc_tau=cfg.cc_tau,
+        cc_iterations=cfg.cc_iterations, seed=cfg.seed,
+        server_update=server_update(cfg) if cfg.combiner == "fltrust" else None)
     limits = UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm,
                           max_norm_ratio=cfg.max_norm_ratio)
     validator = ReplyValidator(limits, full_only=combiner.full_updates_only)

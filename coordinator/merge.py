@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from coordinator.privacy import PrivacyPlan
 
 
+ROUND_NOT_MERGED = "round not merged: no robust rule could combine its valid updates"
+
+
 @dataclass(frozen=True)
 class ClientOutcome:
     """One reply's fate: merged, or not and why."""
@@ -66,17 +69,21 @@ class _Outcomes:
         self.number = number
         self.by_node: dict[str, ClientOutcome] = {}
 
-    def add(self, outcome: ClientOutcome) -> None:
+    def add(self, outcome: ClientOutcome, *, quiet: bool = False) -> None:
         self.by_node[outcome.node_id] = outcome
-        if not outcome.accepted:
+        if not outcome.accepted and not quiet:
             self._log(outcome.node_id, outcome.reason or "")
 
-    def reject(self, node: str, reason: str) -> None:
-        """An accepted update turned out not to be merged after all."""
-        self.add(replace(self.by_node[node], accepted=False, reason=reason))
+    def reject(self, node: str, reason: str, *, quiet: bool = False) -> None:
+        """An accepted update turned out not to be merged after all (``quiet``: the
+        caller logs the reason once for the round)."""
+        self.add(replace(self.by_node[node], accepted=False, reason=reason), quiet=quiet)
 
     def accepted(self) -> list[str]:
         return [n for n, o in self.by_node.items() if o.accepted]
+
+    def rejected(self) -> int:
+        return sum(not o.accepted for o in self.by_node.values())
 
     def all(self) -> tuple[ClientOutcome, ...]:
         rejected = [o for o in self.by_node.values() if not o.accepted]
@@ -120,15 +127,18 @@ class Merge:
                 verdicts = self.validator.screen({u.client_id: u.norm or 0.0 for u in held})
                 for node, reason in verdicts.items():
                     outcomes.reject(node, reason)
+                # Each refused reply is one of the hostile clients a robust rule allows for.
                 result = self.combiner.combine(
-                    [u for u in held if u.client_id not in verdicts], template)
+                    [u for u in held if u.client_id not in verdicts], template,
+                    rejected=outcomes.rejected())
             else:
                 result = self.combiner.combine(updates, template)
         except CombinerError as exc:
-            # E.g. Krum with fewer than 2f + 3 valid updates once bad replies are out: the
-            # round merges nothing and says why; the run goes on with theta unchanged.
+            # No rule can merge what is left (e.g. Krum with fewer than 2f' + 3 valid
+            # updates): said once for the round; the run goes on with theta unchanged.
+            log(WARNING, "round %s: nothing merged: %s", number, exc)
             for node in outcomes.accepted():
-                outcomes.reject(node, f"not merged: {exc}")
+                outcomes.reject(node, ROUND_NOT_MERGED, quiet=True)
             result = CombineResult({}, 0, {"error": str(exc)})
         for node, reason in result.dropped.items():
             outcomes.reject(node, reason)

@@ -106,7 +106,8 @@ class RoundLoop:
             updates=tuple(update_record(o) for o in report.clients),
             evaluations=evaluations,
         )
-        self.journal.commit(record, timeout_events(number, (train.timing, evaluate.timing)))
+        self.journal.commit(record, [*timeout_events(number, (train.timing, evaluate.timing)),
+                                     *merge_events(number, report)])
 
         headline, value = headline_of(evaluations[-1].metrics, evaluations[-1].accuracy)
         log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central %s %.4f, %.2f s",
@@ -140,6 +141,13 @@ def timeout_events(number: int, timings: tuple[ExchangeTiming, ...]) -> list[tup
          f"round-timeout; {t.replies} of {t.expected} replies came")
         for t in timings if t.timed_out
     ]
+
+
+def merge_events(number: int, report: MergeReport) -> list[tuple[str, str]]:
+    """One "merge-refused" event for a round no rule could merge (said once, not per
+    client)."""
+    error = report.diagnostics.get("error")
+    return [("merge-refused", f"round {number}: nothing merged: {error}")] if error else []
 
 
 def _diagnostics(report: MergeReport) -> dict[str, object]:

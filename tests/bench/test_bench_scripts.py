@@ -100,3 +100,10 @@ def test_privacy_quick(tmp_path: Path) -> None:
     table = check_table(tmp_path, "privacy")
     assert "non-private" in table and "dp central, z 1" in table
     assert "error" not in table.lower()
+
+
+def test_robust_quick(tmp_path: Path) -> None:
+    run_quick("robust", tmp_path)
+    table = check_table(tmp_path, "robust")
+    assert "honest-7 baseline" in table and "| centered-clipping |" in table
+    assert "Merge time, 10 offsets x 100K" in table

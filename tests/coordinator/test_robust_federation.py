@@ -168,15 +168,39 @@ def test_the_attacks_keep_names_dtypes_and_shapes() -> None:
         decode_reply(msg, template, UpdateLimits())
 
 
-def test_krum_survives_a_rejected_reply_that_leaves_too_few_updates() -> None:
+def test_a_rejected_reply_counts_in_krums_budget_instead_of_stopping_the_round() -> None:
     strategy, rec = make_strategy(combiner=make_combiner("multi-krum", byzantine=2))
     good = offsets(6)
     bad = {**good[0], "b": np.array([np.nan, 0, 0], np.float32)}
     replies = [reply(o, node=i + 1) for i, o in enumerate(good)] + [reply(bad, node=7)]
-    strategy.aggregate_train(1, replies)  # 6 valid < 2f + 3 = 7: the round cannot merge
-    for k in THETA:  # ... but the run must go on, theta unchanged, the reason recorded
+    # The NaN sender is one of the f = 2 hostile clients: f' = 1, and 6 valid >= 2f' + 3.
+    strategy.aggregate_train(1, replies)
+    report = rec.reports[-1]
+    reasons = {c.node_id: c.reason or "" for c in report.clients if not c.accepted}
+    assert "non-finite" in reasons.pop("7")
+    assert report.stepped and report.accepted == 5  # multi-Krum keeps K - f' = 5 of 6
+    assert len(reasons) == 1 and "not selected by krum" in next(iter(reasons.values()))
+    assert any(not np.array_equal(strategy.state.params[k].numpy(), THETA[k]) for k in THETA)
+
+
+def test_a_round_no_rule_can_merge_says_so_once_and_the_run_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy, rec = make_strategy(combiner=make_combiner("multi-krum", byzantine=3))
+    good = offsets(4)
+    bad = {**good[0], "b": np.array([np.inf, 0, 0], np.float32)}
+    replies = [reply(o, node=i + 1) for i, o in enumerate(good)] + [reply(bad, node=5)]
+    with caplog.at_level("WARNING", logger="flwr"):
+        strategy.aggregate_train(1, replies)  # f' = 2: 4 valid < 2f' + 3 = 7
+    for k in THETA:  # the run goes on, theta unchanged
         np.testing.assert_array_equal(strategy.state.params[k].numpy(), THETA[k])
-    assert strategy.state.round == 1 and rec.reports[-1].accepted == 0
+    report = rec.reports[-1]
+    assert strategy.state.round == 1 and report.accepted == 0 and not report.stepped
+    assert "needs at least 7 valid clients, got 4" in str(report.diagnostics["error"])
+    not_merged = [r for r in caplog.messages if "not merged" in r or "nothing merged" in r]
+    # One line for the refused reply, one for the round: none per honest client.
+    assert len(not_merged) == 2, not_merged
+    assert sum("nothing merged" in r for r in not_merged) == 1
 
 
 def test_krum_rejects_a_partial_update_instead_of_failing_the_run() -> None:
@@ -187,10 +211,10 @@ def test_krum_rejects_a_partial_update_instead_of_failing_the_run() -> None:
     strategy.aggregate_train(1, replies)
     reasons = {c.node_id: c.reason for c in rec.reports[-1].clients if not c.accepted}
     assert "partial update" in reasons.pop("7")
-    # Multi-Krum merges m = K - f = 5 of the 6 full updates: the sixth is not merged, and
-    # the report says so (it used to count as accepted).
-    assert len(reasons) == 1 and "not selected by krum" in next(iter(reasons.values()))
-    assert rec.reports[-1].accepted == 5
+    # The refused reply is the f = 1 hostile client Krum allows for: f' = 0, multi-Krum
+    # keeps K - f' = 6 of the 6 full updates.
+    assert reasons == {}
+    assert rec.reports[-1].accepted == 6
 
 
 # --------------------------------------------------------------------------------------
@@ -343,7 +367,8 @@ def test_multi_krum_never_selects_the_sign_flipper(federations: dict[str, Federa
         partition_of = {u.node_id: u.partition_id for u in f.updates
                         if u.round_number == r.number and u.accepted}
         selected = {partition_of[n] for n in r.metrics["combiner-selected"]}
-        assert len(selected) == NUM_CLIENTS - 1 - 2  # K - f of the 9 valid updates
+        # the NaN sender is one of the f = 2: f' = 1, K - f' = 8 of the 9 valid updates
+        assert len(selected) == NUM_CLIENTS - 1 - 1
         assert FLIPPER not in selected
 
 
