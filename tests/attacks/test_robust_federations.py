@@ -5,10 +5,13 @@ Merge and run store (in this process: bench/inprocess.py, no Ray).
 Dirichlet 0.1 and a 2-classes-per-client split, SGD server step. The bars are the
 issue's: the recommended defence (``RECOMMENDED``, chosen by bench/robust.py on seeds 0-1)
 ends within 3 points of the honest-7 baseline (the same federation without the hostile
-partitions), bucketed median and trimmed mean within 5; with all 10 honest the
+partitions); with all 10 honest the
 recommended defence loses at most 1 point against the plain mean; no attack stops
 training; NaN/Inf senders never make an honest update be recorded as not merged. The
-seed here is one the benchmark did not use.
+seed here is one the benchmark did not use. The issue's bar for bucketed median and
+trimmed mean (within 5 points) is far from met (bench/robust.py: 2 of 42 and 2 of 28
+attacked cells); it is measured there, not here, where each cell would cost CI a federation
+for a known failure.
 """
 
 from __future__ import annotations
@@ -51,17 +54,6 @@ SHORT_OF_3_POINTS = {
     # (benchmark seed 0: -1.7 points). Reported, not tuned away.
     ("dirichlet-0.1", "little"): "seed 7: 0.100 vs 0.406 (benchmark seed 0: -1.7 points)",
     ("dirichlet-0.1", "min-max"): "seed 7: 0.100 vs 0.406 (benchmark seed 0: -1.7 points)",
-}
-# Bucketed median and trimmed mean (bucket-size 2) met the 5-point bar in 2 of 42 and 2
-# of 28 attacked cells of bench/robust.py (worst -84 points) and lose 4-70 points against the
-# plain mean with nobody attacking: 3 hostile of 10 spoil up to 3 of 5 buckets. Not run
-# here (each would cost CI a federation for a known failure); figures in
-# docs/robustness.md.
-BUCKETED_SHORT = "bench/robust.py: within 5 points in 2 of 42 / 28 cells (docs/robustness.md)"
-BUCKETED = {
-    "bucketed-median": {"combiner": "bucketed-median", "bucket-size": 2},
-    "bucketed-trimmed-mean": {"combiner": "bucketed-trimmed-mean", "bucket-size": 2,
-                              "trim-beta": 0.3},
 }
 MULTI_KRUM = {"combiner": "multi-krum", "krum-byzantine": 3}
 
@@ -128,17 +120,6 @@ def test_the_recommended_defence_stays_within_3_points_of_the_honest_7(
     o = run(split, RECOMMENDED, attack)
     _trains(o)  # no attack stops training, whatever the accuracy
     assert o.accuracy >= baseline(split) - 0.03, (o.accuracy, baseline(split))
-
-
-@pytest.mark.xfail(reason=BUCKETED_SHORT, run=False)
-@pytest.mark.parametrize("defence", list(BUCKETED))
-@pytest.mark.parametrize(("split", "attack"), _cells({}))
-def test_bucketed_median_and_trimmed_mean_stay_within_5_points(
-    split: str, attack: str, defence: str
-) -> None:
-    o = run(split, BUCKETED[defence], attack)
-    _trains(o)
-    assert o.accuracy >= baseline(split) - 0.05, (o.accuracy, baseline(split))
 
 
 @pytest.mark.parametrize(("split", "attack"), sorted(SHORT_OF_3_POINTS))
