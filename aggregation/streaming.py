@@ -28,6 +28,7 @@ Pure torch: no flwr, no I/O.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,10 +44,25 @@ BLOCK_ELEMENTS = 1 << 20
 """Elements per block: 4 MiB of float32, a block of the sum and of one offset stay in a
 core's share of the last-level cache."""
 
+PARALLEL_MIN = 4 * BLOCK_ELEMENTS
+"""Models smaller than this merge on one thread (too few blocks to share)."""
+
 DOT_DTYPES = (torch.float32, torch.float64)
 
 Judge = Callable[[float], str | None]
 """Why an offset of this L2 norm must not be merged, or None."""
+
+
+def merge_threads(setting: int, numel: int) -> int:
+    """The merge's workers: ``setting`` when > 0 (the run config's merge-threads), else
+    chosen by the model's size (``numel`` elements): one below ``PARALLEL_MIN`` (the
+    blocks are too few to share), else every core the process may use."""
+    if setting > 0:
+        return setting
+    if numel < PARALLEL_MIN:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -142,13 +158,13 @@ class CheckedSum:
             self._commit(keep_updates)
         return fates
 
-    def mean(self) -> Params:
-        """Per tensor, the sum over the weights of the offsets that sent it; tensors
-        nobody sent are left out. The tensors are this object's buffers, divided in place:
-        valid until the next ``reset``."""
+    def mean(self, scale: float = 1.0) -> Params:
+        """Per tensor, ``scale`` x the sum over the weights of the offsets that sent it
+        (one pass); tensors nobody sent are left out. The tensors are this object's
+        buffers, scaled in place: valid until the next ``reset``."""
         out = {k: t for k, t in self._sum.items() if self.weight_sum[k] > 0}
         for k, t in out.items():
-            t.div_(self.weight_sum[k])
+            t.div_(self.weight_sum[k] / scale)  # scale -1: exactly -(sum / weights)
         return out
 
     def _fate(self, u: ClientUpdate, norm: float, judge: Judge) -> Checked:

@@ -12,9 +12,11 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,3 +254,21 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(range(1, self.n + 1))
+
+
+# --- a bounded load of our own --------------------------------------------------------
+
+@contextmanager
+def busy_load(processes: int) -> Iterator[None]:
+    """``processes`` busy-loop Python processes for the duration of the block (a machine
+    shared with other jobs, made reproducible); each is ended by its own pid after."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(processes)]
+    try:
+        time.sleep(0.2 if procs else 0.0)  # let them reach the CPU
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

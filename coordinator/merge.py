@@ -161,7 +161,8 @@ class Merge:
         # The DP mean always returns every tensor (noise included): it steps even when no
         # offset was accepted, since skipping the step would tell that.
         if result.offset:
-            grads = gradient(result.offset, scale=self.gradient_scale)
+            grads = (result.offset if self._checked is not None  # already the gradient
+                     else gradient(result.offset, scale=self.gradient_scale))
             opt_state = self.optimizer.step(template, grads, state.opt_state)
             state = ServerState(template, opt_state, number)
         else:
@@ -215,7 +216,8 @@ class Merge:
             if len(group) >= size:
                 flush()
         flush()
-        return CombineResult(acc.mean(), acc.added)
+        # the objective's gradient -scale x mean, in the same pass that divides the sum
+        return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
 
     def _validated(
         self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
