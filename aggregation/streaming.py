@@ -115,12 +115,13 @@ class CheckedSum:
     and per tensor sum_i w_i over the offsets that sent it. Reused across rounds:
     ``reset`` zeroes it for a model."""
 
-    def __init__(self, *, clip_norm: float = 0.0, threads: int = 1,
+    def __init__(self, *, clip_norm: float = 0.0, threads: int = 0,
                  block: int = BLOCK_ELEMENTS) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: by the model's size), got {threads}")
         self.clip_norm = clip_norm
-        self.threads = threads
+        self.setting = threads
+        self.threads = max(threads, 1)  # ``reset`` resolves 0 for the model
         self.block = block
         self._sum: Params = {}
         self._next: Params = {}
@@ -134,6 +135,10 @@ class CheckedSum:
             self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
             self._next = {k: torch.zeros_like(t) for k, t in template.items()}
             self._blocks = plan_blocks(template, self.block)
+            self.threads = merge_threads(self.setting, sum(t.numel() for t in template.values()))
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
         else:
             torch._foreach_zero_(list(self._sum.values()))
         self.weight_sum = dict.fromkeys(template, 0.0)

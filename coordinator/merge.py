@@ -106,7 +106,7 @@ class Merge:
     optimizer: ServerOptimizer
     gradient_scale: float = 1.0  # lam in personal mode, 1 in global mode
     privacy: PrivacyPlan | None = None  # dp central: epsilon spent, recorded per round
-    threads: int = 1  # merge-threads: workers of the single-pass merge
+    threads: int = 0  # merge-threads: workers of the single-pass merge (0: by model size)
     group_bytes: int = GROUP_BYTES  # offsets held at once by the single-pass merge
     group_max: int = GROUP_MAX
 

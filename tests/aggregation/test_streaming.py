@@ -109,3 +109,13 @@ def test_clipping_matches_the_two_pass_clipped_mean() -> None:
 def test_a_tensor_nobody_sent_is_left_out() -> None:
     got, _ = summed([[update(1, names=("w",)), update(2, names=("w", "b"))]])
     assert set(got) == {"w", "b"}
+
+
+def test_threads_follow_the_setting_or_the_model_size() -> None:
+    from aggregation.streaming import PARALLEL_MIN, merge_threads
+
+    assert merge_threads(3, 10) == 3
+    assert merge_threads(0, PARALLEL_MIN - 1) == 1
+    assert merge_threads(0, PARALLEL_MIN) >= 1
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        CheckedSum(threads=-1)
