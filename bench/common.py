@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -262,8 +263,8 @@ class FakeGrid:
 def busy_load(processes: int) -> Iterator[None]:
     """``processes`` busy-loop Python processes for the duration of the block (a machine
     shared with other jobs, made reproducible); each is ended by its own pid after."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(processes)]
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY_LOOP]) for _ in range(processes)]
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if procs else None
     try:
         time.sleep(0.2 if procs else 0.0)  # let them reach the CPU
         yield
@@ -272,3 +273,19 @@ def busy_load(processes: int) -> Iterator[None]:
             p.kill()
         for p in procs:
             p.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# Spins; stops by itself once its parent is gone (a bench killed without cleanup).
+_BUSY_LOOP = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the busy loops are ended by the finally above
