@@ -18,9 +18,10 @@ Small tensors are handled in bundles (one ``_foreach_`` call per offset per bund
 so a model of many small tensors costs a few calls per offset, not one per tensor.
 
 Threads: blocks are independent, so a pool of ``threads`` workers takes them one at a
-time (each op single-threaded inside). A worker the OS deschedules simply takes fewer
-blocks: no barrier waits for it, which is what makes torch's own intra-op threads
-collapse on a busy machine.
+time (each op single-threaded inside; torch's intra-op threads are never used here). A
+worker the OS deschedules simply takes fewer blocks: no barrier waits for it, which is
+what makes torch's own intra-op threads collapse on a busy machine. ``merge_threads``
+chooses one worker when the machine has no idle core.
 
 Pure torch: no flwr, no I/O.
 """
@@ -53,16 +54,25 @@ Judge = Callable[[float], str | None]
 """Why an offset of this L2 norm must not be merged, or None."""
 
 
-def merge_threads(setting: int, numel: int) -> int:
+def merge_threads(setting: int, numel: int, load: float | None = None) -> int:
     """The merge's workers: ``setting`` when > 0 (the run config's merge-threads), else
-    chosen by the model's size (``numel`` elements): one below ``PARALLEL_MIN`` (the
-    blocks are too few to share), else every core the process may use."""
+    chosen per merge: one below ``PARALLEL_MIN`` elements (too few blocks to share) or
+    when the machine has no idle core (``load``, by default the 1-minute load average, at
+    least the usable cores), else one per usable core."""
     if setting > 0:
         return setting
-    if numel < PARALLEL_MIN:
+    cores = _usable_cores()
+    if numel < PARALLEL_MIN or cores == 1:
         return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if load >= cores else cores
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -135,12 +145,13 @@ class CheckedSum:
             self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
             self._next = {k: torch.zeros_like(t) for k, t in template.items()}
             self._blocks = plan_blocks(template, self.block)
-            self.threads = merge_threads(self.setting, sum(t.numel() for t in template.values()))
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
         else:
             torch._foreach_zero_(list(self._sum.values()))
+        threads = merge_threads(self.setting, sum(t.numel() for t in template.values()))
+        if threads != self.threads and self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self.threads = threads
         self.weight_sum = dict.fromkeys(template, 0.0)
         self.added = 0
 
@@ -202,8 +213,9 @@ class CheckedSum:
                     squares[i].append(sq)
 
         if self.threads == 1 or len(self._blocks) == 1:
-            for b in self._blocks:
-                run(b)
+            with _single_threaded_ops():  # never torch's intra-op threads: see above
+                for b in self._blocks:
+                    run(b)
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="merge")

@@ -115,7 +115,8 @@ def test_threads_follow_the_setting_or_the_model_size() -> None:
     from aggregation.streaming import PARALLEL_MIN, merge_threads
 
     assert merge_threads(3, 10) == 3
-    assert merge_threads(0, PARALLEL_MIN - 1) == 1
-    assert merge_threads(0, PARALLEL_MIN) >= 1
+    assert merge_threads(0, PARALLEL_MIN - 1, load=0.0) == 1
+    assert merge_threads(0, PARALLEL_MIN, load=1e6) == 1  # no idle core: one worker
+    assert merge_threads(0, PARALLEL_MIN, load=0.0) >= 1
     with pytest.raises(ValueError, match="threads must be >= 0"):
         CheckedSum(threads=-1)
