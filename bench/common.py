@@ -10,11 +10,14 @@ import importlib
 import logging
 import os
 import platform
+import signal
 import statistics
 import subprocess
+import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,3 +255,37 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(range(1, self.n + 1))
+
+
+# --- a bounded load of our own --------------------------------------------------------
+
+@contextmanager
+def busy_load(processes: int) -> Iterator[None]:
+    """``processes`` busy-loop Python processes for the duration of the block (a machine
+    shared with other jobs, made reproducible); each is ended by its own pid after."""
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY_LOOP]) for _ in range(processes)]
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if procs else None
+    try:
+        time.sleep(0.2 if procs else 0.0)  # let them reach the CPU
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+# Spins; stops by itself once its parent is gone (a bench killed without cleanup).
+_BUSY_LOOP = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the busy loops are ended by the finally above

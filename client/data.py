@@ -5,6 +5,7 @@ Each client keeps 20% of its partition as its own validation split (local accura
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,13 @@ from sklearn.model_selection import train_test_split
 
 from client.tasks.api import Arrays, PartitionRequest
 
+
+class PartitionError(ValueError):
+    """The data set cannot be split as asked; the message says why and what to change."""
+
+
 TEST_FRACTION = 0.2
+MIN_DIRICHLET_PARTITION = 10  # examples each Dirichlet partition must get
 SPLIT_SEED = 0  # the held-out test set is the same for every run and every seed
 
 
@@ -75,12 +82,18 @@ def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray,
 
     y = np.asarray(labels)
     n = spec.num_partitions
+    floor = MIN_DIRICHLET_PARTITION if spec.scheme == "dirichlet" else 1
+    if n * floor > len(y):
+        raise PartitionError(
+            f"{spec.scheme} split of {len(y)} training examples into {n} partitions: "
+            f"each needs at least {floor} example(s), so at most {len(y) // floor} "
+            "partitions (num-clients) fit; use fewer clients or a larger data set")
     if spec.scheme == "iid":
         partitioner = IidPartitioner(num_partitions=n)
     elif spec.scheme == "dirichlet":
         partitioner = DirichletPartitioner(
             num_partitions=n, partition_by="label", alpha=spec.alpha, seed=spec.seed,
-            min_partition_size=10, self_balancing=False,
+            min_partition_size=MIN_DIRICHLET_PARTITION, self_balancing=False,
         )
     elif spec.scheme == "pathological":
         partitioner = PathologicalPartitioner(
@@ -91,7 +104,17 @@ def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray,
     else:
         raise ValueError(f"unknown partition scheme {spec.scheme!r}")
     partitioner.dataset = Dataset.from_dict({"index": np.arange(len(y)), "label": y})
-    return tuple(np.asarray(partitioner.load_partition(i)["index"]) for i in range(n))
+    try:
+        with warnings.catch_warnings():  # one line per failed attempt, each naming n alphas
+            warnings.filterwarnings("ignore", message="The specified min_partition_size")
+            return tuple(np.asarray(partitioner.load_partition(i)["index"]) for i in range(n))
+    except ValueError as exc:
+        if spec.scheme != "dirichlet":
+            raise
+        raise PartitionError(
+            f"dirichlet split (alpha {spec.alpha}) of {len(y)} training examples into {n} "
+            f"partitions: no draw gave every partition {MIN_DIRICHLET_PARTITION} examples "
+            f"({exc}); use fewer clients or a larger dirichlet-alpha") from None
 
 
 def partition_rows(labels: np.ndarray, request: PartitionRequest) -> np.ndarray:
@@ -111,6 +134,11 @@ def load_partition(spec: PartitionSpec, partition_id: int) -> ClientData:
     idx = rng.permutation(idx)
     n_val = max(1, len(idx) // 5)
     val, train = idx[:n_val], idx[n_val:]
+    if len(train) == 0:
+        raise PartitionError(
+            f"partition {partition_id} of {spec.num_partitions} ({spec.scheme}) has "
+            f"{len(idx)} example(s): none left to train on once its validation split is "
+            "kept; use fewer clients")
     return ClientData(x[train], y[train], x[val], y[val])
 
 

@@ -97,7 +97,7 @@ def build_merge(cfg: MergeConfig) -> Merge:
                           max_norm_ratio=cfg.max_norm_ratio)
     validator = ReplyValidator(limits, full_only=combiner.full_updates_only)
     return Merge(validator, combiner, server_optimizer(cfg), cfg.gradient_scale,
-                 privacy=plan_of(cfg))
+                 privacy=plan_of(cfg), threads=cfg.merge_threads)
 
 
 def build_strategy(cfg: MergeConfig) -> MergeStrategy:

@@ -38,6 +38,12 @@ class RunJournal:
         in_transaction(self.sessions, commit, what=f"round {record.number} commit",
                        done=lambda s: repo.round_is_committed(s, self.run_id, record))
 
+    def finished(self, number: int, finished_at: datetime) -> None:
+        """A committed round's end time, after its commit (a one-column update)."""
+        in_transaction(self.sessions,
+                       lambda s: repo.set_round_finished(s, self.run_id, number, finished_at),
+                       what=f"round {number} end time")
+
     def initial(self, evaluation: EvaluationRecord) -> None:
         """The initial model's evaluation, as round 0."""
         with self.sessions.begin() as s:

@@ -7,6 +7,11 @@ tensor views, validated and handed to a streaming combiner one at a time (memory
 O(model)), or, for a robust combiner or a bound relative to the round's median norm, held
 until the round's last reply (O(K x model)). theta is stepped in place: the returned
 state holds the same tensors, one round on.
+
+The examples-weighted mean takes the single-pass path (``aggregation/streaming.py``):
+the replies' headers are checked as they come, their values (finite, norm bound, clip)
+in the same pass over cache-sized blocks that adds them, a group of replies at a time
+(at most ``group_bytes`` of offsets held, so memory stays bounded whatever K).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from flwr.common import log
 
 from aggregation import ClientUpdate, OffsetCombiner, Params, ServerOptimizer, ServerState
 from aggregation import objective_gradient as gradient
-from aggregation.combiners import CombinerError, CombineResult
+from aggregation.combiners import CombinerError, CombineResult, WeightedMean
+from aggregation.streaming import CheckedSum
 from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
 from coordinator.evaluation import weighted_means
@@ -93,6 +99,13 @@ class _Outcomes:
         log(WARNING, "round %s: update from node %s not merged: %s", self.number, node, reason)
 
 
+GROUP_BYTES = 512 * 2**20
+"""The single-pass merge adds replies in groups of at most this many bytes of offsets
+(and at most ``GROUP_MAX`` replies): blocks outer, the group inner, so each block of the
+sum stays in cache while the group is added."""
+GROUP_MAX = 16
+
+
 @dataclass(frozen=True)
 class Merge:
     validator: ReplyValidator
@@ -100,6 +113,21 @@ class Merge:
     optimizer: ServerOptimizer
     gradient_scale: float = 1.0  # lam in personal mode, 1 in global mode
     privacy: PrivacyPlan | None = None  # dp central: epsilon spent, recorded per round
+    threads: int = 0  # merge-threads: workers of the single-pass merge (0: by model size)
+    group_bytes: int = GROUP_BYTES  # offsets held at once by the single-pass merge
+    group_max: int = GROUP_MAX
+
+    def __post_init__(self) -> None:
+        single = (type(self.combiner) is WeightedMean
+                  and not self.validator.needs_whole_round)
+        checked = (CheckedSum(clip_norm=self.combiner.clip_norm, threads=self.threads)
+                   if single else None)
+        object.__setattr__(self, "_checked", checked)
+
+    @property
+    def single_pass(self) -> bool:
+        """Whether replies are checked and added in one pass (``aggregation/streaming``)."""
+        return self._checked is not None
 
     @property
     def holds_every_offset(self) -> bool:
@@ -122,7 +150,9 @@ class Merge:
         if scales:
             updates = (_scaled(u, scales.get(u.client_id, 1.0)) for u in updates)
         try:
-            if self.holds_every_offset:
+            if self._checked is not None:
+                result = self._single_pass(clock.timed(replies), template, outcomes)
+            elif self.holds_every_offset:
                 held = list(updates)  # O(K x P): said in docs and log
                 verdicts = self.validator.screen({u.client_id: u.norm or 0.0 for u in held})
                 for node, reason in verdicts.items():
@@ -146,7 +176,8 @@ class Merge:
         # The DP mean always returns every tensor (noise included): it steps even when no
         # offset was accepted, since skipping the step would tell that.
         if result.offset:
-            grads = gradient(result.offset, scale=self.gradient_scale)
+            grads = (result.offset if self._checked is not None  # already the gradient
+                     else gradient(result.offset, scale=self.gradient_scale))
             opt_state = self.optimizer.step(template, grads, state.opt_state)
             state = ServerState(template, opt_state, number)
         else:
@@ -163,6 +194,45 @@ class Merge:
         log(INFO, "round %s: merged %s of %s updates in %.1f ms (%s)", number,
             report.accepted, len(clients), 1e3 * merge_s, type(self.combiner).__name__)
         return state, report
+
+    def _single_pass(
+        self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
+    ) -> CombineResult:
+        """Headers checked as replies come; values checked while they are added, a
+        group at a time; a reply found bad leaves the sum as if it had never come."""
+        acc = self._checked
+        assert acc is not None
+        acc.reset(template)
+        model_bytes = sum(t.numel() * t.element_size() for t in template.values())
+        size = max(1, min(self.group_max, self.group_bytes // max(model_bytes, 1)))
+        group: list[ClientUpdate] = []
+        metrics: list[dict[str, float]] = []
+
+        def flush() -> None:
+            fates = acc.add(group, self.validator.judge)
+            for u, m, fate in zip(group, metrics, fates, strict=True):
+                if fate.problem is not None:
+                    outcomes.add(ClientOutcome(u.client_id, False, fate.problem))
+                else:
+                    outcomes.add(ClientOutcome(u.client_id, True, None, u.weight,
+                                               fate.norm, m))
+            group.clear()
+            metrics.clear()
+
+        for r in replies:
+            try:
+                d = self.validator.check(r.node_id, r.message, template, values=False)
+            except UpdateRejected as exc:
+                outcomes.add(ClientOutcome(r.node_id, False, str(exc)))
+                continue
+            group.append(d.update)
+            metrics.append(d.metrics)
+            del d, r
+            if len(group) >= size:
+                flush()
+        flush()
+        # the objective's gradient -scale x mean, in the same pass that divides the sum
+        return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
 
     def _validated(
         self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes

@@ -47,7 +47,7 @@ class DecodedReply:
 
     @property
     def norm(self) -> float:
-        assert self.update.norm is not None  # decode_reply always measures it
+        assert self.update.norm is not None  # measured unless decoded with values=False
         return self.update.norm
 
 
@@ -66,12 +66,21 @@ class ReplyValidator:
         """Whether ``screen`` needs every offset of the round before any is merged."""
         return self.limits.max_norm_ratio > 0
 
-    def check(self, node_id: str, msg: Message, template: Params) -> DecodedReply:
-        """One reply, decoded and checked; raises ``UpdateRejected`` with the reason."""
-        d = decode_reply(msg, template, self.limits, node_id=node_id)
+    def check(
+        self, node_id: str, msg: Message, template: Params, *, values: bool = True
+    ) -> DecodedReply:
+        """One reply, decoded and checked; raises ``UpdateRejected`` with the reason.
+        ``values=False``: the offset's values are left to the caller (its norm is None),
+        which checks them with ``judge`` as it reads them (``aggregation/streaming.py``)."""
+        d = decode_reply(msg, template, self.limits, node_id=node_id, values=values)
         if self.full_only and d.update.offset.keys() != template.keys():
             raise UpdateRejected("partial update: this combiner needs every tensor")
         return d
+
+    def judge(self, norm: float) -> str | None:
+        """Why an offset of this norm must not be merged (non-finite, over
+        max-update-norm), or None."""
+        return value_problem(norm, self.limits.max_update_norm)
 
     def screen(self, norms: Mapping[str, float]) -> dict[str, str]:
         """The round-level verdicts: node id -> reason, for the offsets (given by their
@@ -97,10 +106,13 @@ def value_problem(norm: float, max_norm: float) -> str | None:
 
 
 def decode_reply(
-    msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None
+    msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None,
+    values: bool = True,
 ) -> DecodedReply:
     """Validate one reply against the model (``template``) and the limits. ``node_id``:
-    the node the request went to (the grid knows it); by default the reply's sender."""
+    the node the request went to (the grid knows it); by default the reply's sender.
+    ``values=False``: everything but the offset's values (finite, norm bound) is checked;
+    the update's norm is then None."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -133,11 +145,12 @@ def decode_reply(
         if set(fisher) != set(offset):
             raise UpdateRejected("fisher names other tensors than the offset")
         _check_fisher_values(fisher)
-    # One pass for both checks: any NaN/Inf makes the norm non-finite.
-    norm = update_norm(offset)
-    reason = value_problem(norm, limits.max_update_norm)
-    if reason is not None:
-        raise UpdateRejected(reason)
+    norm = None
+    if values:  # one pass for both checks: any NaN/Inf makes the norm non-finite
+        norm = update_norm(offset)
+        reason = value_problem(norm, limits.max_update_norm)
+        if reason is not None:
+            raise UpdateRejected(reason)
 
     client_id = str(msg.metadata.src_node_id) if node_id is None else node_id
     plain = numeric(metrics)

@@ -7,7 +7,8 @@
         merge     Merge(state, replies) -> (state, MergeReport with its own timings)
         evaluate  the clients' evaluation of the new theta, and the central one
         checkpoint  theta and the optimizer state, atomically, hashed
-        commit    the RoundRecord, in one transaction, only after its checkpoint
+        commit    the RoundRecord, in one transaction, only after its checkpoint; then
+                  its end time, so the round's recorded time includes its commit
 
 Anything that raises before the commit leaves no half round: the round stays in flight
 in the store and is redone on resume from the last committed round.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
@@ -108,6 +109,8 @@ class RoundLoop:
         )
         self.journal.commit(record, [*timeout_events(number, (train.timing, evaluate.timing)),
                                      *merge_events(number, report)])
+        record = replace(record, finished_at=datetime.now(UTC))  # the commit included
+        self.journal.finished(number, record.finished_at)
 
         headline, value = headline_of(evaluations[-1].metrics, evaluations[-1].accuracy)
         log(INFO, "round %s: %s/%s clients merged, train loss %.4f, central %s %.4f, %.2f s",

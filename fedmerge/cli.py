@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -71,13 +72,14 @@ def demo(
         "optimizer": optimizer, "server-lr": server_lr, "combiner": combiner,
         "partition": partition, "dirichlet-alpha": alpha, "seed": seed,
         **({"task-config": json.dumps({"model": model})} if model != "mlp" else {}),
-        "out-dir": str(_out(out_dir)), "db": db, "min-nodes": clients,
+        "out-dir": str(_out(out_dir)), "db": db,
     }
     if dp != "off":  # the demo's clip and noise, unless --set says otherwise
         from coordinator.privacy import DEMO_SETTINGS
 
         overrides.update({"dp": dp, **DEMO_SETTINGS})
     overrides.update(_pairs(set_ or []))
+    overrides.setdefault("min-nodes", demo_min_nodes(clients, overrides.get("fraction-train")))
     raise typer.Exit(run_demo(overrides, dashboard_port=port if dashboard else None,
                               keep_dashboard=keep_dashboard))
 
@@ -413,6 +415,19 @@ def _out(out_dir: Path | None) -> Path:
     from coordinator.home import out_dir_or_home
 
     return out_dir_or_home(out_dir)
+
+
+def demo_min_nodes(clients: int, fraction_train: object) -> int:
+    """The demo's min-nodes, unless --set gives one: the nodes fraction-train samples
+    (all of them by default), so that fraction-train alone decides the sample. A value
+    that is not a number is left to the run config's validation (it names the key)."""
+    try:
+        fraction = 1.0 if fraction_train is None else float(fraction_train)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return clients
+    if not 0.0 < fraction <= 1.0:
+        return clients
+    return max(1, min(clients, math.ceil(fraction * clients)))
 
 
 def _pairs(items: list[str]) -> dict[str, object]:

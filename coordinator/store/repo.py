@@ -239,6 +239,16 @@ def commit_round(s: Session, run_id: str, record: RoundRecord) -> None:
     s.flush()
 
 
+def set_round_finished(s: Session, run_id: str, number: int, finished_at: datetime) -> None:
+    """The committed round's end, written once its commit has returned (so the round's
+    recorded time includes its own commit)."""
+    row = _round(s, run_id, number)
+    if row is None or row.status != "committed":
+        state = "missing" if row is None else row.status
+        raise RoundStateError(f"run {run_id} round {number} is {state}, not committed")
+    row.finished_at = finished_at
+
+
 def round_is_committed(s: Session, run_id: str, record: RoundRecord) -> bool:
     """Whether ``record`` is in the store already: a retried commit whose first COMMIT
     went through though its acknowledgement was lost."""

@@ -14,7 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from client import data
-from client.data import PartitionSpec, digits_split, load_partition
+from client.data import PartitionError, PartitionSpec, digits_split, load_partition
 
 N = 10
 
@@ -110,3 +110,33 @@ def test_a_partition_id_outside_the_range_is_refused() -> None:
         load_partition(PartitionSpec("iid", N), N)
     with pytest.raises(ValueError, match="scheme"):
         load_partition(PartitionSpec("nope", N), 0)
+
+
+def test_too_many_dirichlet_partitions_fail_at_once_with_what_to_change() -> None:
+    n_train = len(digits_split()[1])
+    with pytest.raises(PartitionError, match="at most 143 partitions") as exc:
+        load_partition(PartitionSpec("dirichlet", 1000, alpha=0.1), 0)
+    assert f"{n_train} training examples" in str(exc.value)
+
+
+def test_a_dirichlet_draw_that_cannot_fill_every_partition_names_the_fix() -> None:
+    # 140 partitions of >= 10 examples fit the data (1,437), but alpha 0.01 draws almost
+    # every example of a class into one partition
+    with pytest.raises(PartitionError, match="larger dirichlet-alpha"):
+        load_partition(PartitionSpec("dirichlet", 140, alpha=0.01), 0)
+
+
+def test_a_partition_with_nothing_to_train_on_says_so() -> None:
+    # iid over 1,000 partitions: each gets one or two examples, one goes to validation
+    spec = PartitionSpec("iid", 1000)
+    empty = [_empty(spec, pid) for pid in range(1000)]
+    assert any(empty) and not all(empty)
+
+
+def _empty(spec: PartitionSpec, pid: int) -> bool:
+    try:
+        assert len(load_partition(spec, pid).y_train) > 0
+    except PartitionError as exc:
+        assert f"partition {pid} of 1000" in str(exc) and "none left to train on" in str(exc)
+        return True
+    return False

@@ -28,6 +28,7 @@ def test_pyproject_run_config_matches_the_defaults() -> None:
         ({"trim-beta": 0.5}, ["trim-beta", "less than 0.5"]),
         ({"local-epochs": "two"}, ["local-epochs"]),
         ({"combiner": "krum", "min-nodes": 4, "krum-byzantine": 1}, ["min-nodes", ">= 5"]),
+        ({"merge-threads": -1}, ["merge-threads", "greater than or equal to 0"]),
     ],
 )
 def test_bad_config_fails_naming_the_key(overrides: dict, names: list[str]) -> None:

@@ -3,6 +3,8 @@ after its checkpoint is on disk, and a round whose evaluation fails is not commi
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +180,26 @@ def test_a_crashed_clients_error_reply_is_recorded_under_the_node_it_was_sent_to
     assert set(by_node) == {"21", "22", "23"}
     assert not by_node["23"].accepted and "ClientApp crashed" in by_node["23"].reason
     torch.testing.assert_close(state.params["w"], torch.from_numpy(STEP))
+
+
+class StampingJournal(CheckingJournal):
+    """Notes when each commit returned."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.committed_at: dict[int, datetime] = {}
+
+    def commit(self, record: RoundRecord, events=()) -> None:
+        super().commit(record, events)
+        self.committed_at[record.number] = datetime.now(UTC)
+
+
+def test_a_rounds_recorded_time_includes_its_commit(tmp_path, store) -> None:
+    sessions, run_id = store
+    loop = replace(_loop(tmp_path, store), journal=StampingJournal(sessions, run_id))
+    loop.run(_state(), 2)
+    with sessions() as s:
+        rows = {r.number: r for r in repo.committed_rounds(s, run_id)}
+    for number, committed in loop.journal.committed_at.items():
+        finished = rows[number].finished_at.replace(tzinfo=UTC)
+        assert finished >= committed, number
