@@ -149,8 +149,10 @@ class Merge:
         updates = self._validated(clock.timed(replies), template, outcomes)
         if scales:
             updates = (_scaled(u, scales.get(u.client_id, 1.0)) for u in updates)
+        # per-reply factors (staleness) are applied on the two-pass path
+        single = self._checked is not None and not scales
         try:
-            if self._checked is not None:
+            if single:
                 result = self._single_pass(clock.timed(replies), template, outcomes)
             elif self.holds_every_offset:
                 held = list(updates)  # O(K x P): said in docs and log
@@ -176,7 +178,7 @@ class Merge:
         # The DP mean always returns every tensor (noise included): it steps even when no
         # offset was accepted, since skipping the step would tell that.
         if result.offset:
-            grads = (result.offset if self._checked is not None  # already the gradient
+            grads = (result.offset if single  # already the gradient
                      else gradient(result.offset, scale=self.gradient_scale))
             opt_state = self.optimizer.step(template, grads, state.opt_state)
             state = ServerState(template, opt_state, number)
