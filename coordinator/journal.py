@@ -38,6 +38,21 @@ class RunJournal:
         in_transaction(self.sessions, commit, what=f"round {record.number} commit",
                        done=lambda s: repo.round_is_committed(s, self.run_id, record))
 
+    def client_evaluations(self, number: int, records: Sequence[EvaluationRecord],
+                           events: Sequence[tuple[str, str]] = ()) -> None:
+        """The clients' evaluations of round ``number``'s theta, made after its commit
+        (in place of any recorded before), with ``events``."""
+        def write(s: Session) -> None:
+            repo.replace_client_evaluations(s, self.run_id, number, records)
+            for kind, message in events:
+                repo.add_event(s, self.run_id, kind, message)
+
+        in_transaction(self.sessions, write, what=f"round {number} client evaluation")
+
+    def has_client_evaluation(self, number: int) -> bool:
+        with self.sessions() as s:
+            return repo.has_client_evaluation(s, self.run_id, number)
+
     def initial(self, evaluation: EvaluationRecord) -> None:
         """The initial model's evaluation, as round 0."""
         with self.sessions.begin() as s:
