@@ -86,9 +86,26 @@ def start_watchers(base: str, run_id: str, n: int, *, interval_s: float, max_s: 
     return stop, threads, stats
 
 
-def _watch_in_process(base: str, run_id: str, n: int, interval_s: float, max_s: float,
+def _first_run(base: str, stop, max_s: float) -> str | None:
+    """The id of the first run the dashboard lists (None if ``stop`` comes first)."""
+    give_up = time.monotonic() + max_s
+    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
+        while not stop.is_set() and time.monotonic() < give_up:
+            runs = client.get("/api/runs").json()["data"]
+            if runs:
+                return runs[0]["id"]
+            stop.wait(0.1)
+    return None
+
+
+def _watch_in_process(base: str, n: int, interval_s: float, max_s: float,
                       open_page: bool, stop, results) -> None:
-    """The body of ``PollerProcess``: ``n`` watchers until ``stop``, their stats summed."""
+    """The body of ``PollerProcess``: once the run is listed, ``n`` watchers until
+    ``stop``, their stats summed."""
+    run_id = _first_run(base, stop, max_s)
+    if run_id is None:
+        results.put(PollStats())
+        return
     inner, threads, stats = start_watchers(base, run_id, n, interval_s=interval_s,
                                            max_s=max_s, open_page=open_page)
     stop.wait(max_s)
@@ -110,14 +127,15 @@ def merged(stats: Sequence[PollStats]) -> PollStats:
 
 class PollerProcess:
     """The watchers in a process of their own, as browsers are: their HTTP clients'
-    CPU and GIL are not the coordinator's (the simulated run is in this process)."""
+    CPU and GIL are not the coordinator's (the simulated run is in this process). Started
+    before the run, it waits for the dashboard to list it, then watches it."""
 
-    def __init__(self, base: str, run_id: str, n: int, *, interval_s: float, max_s: float,
+    def __init__(self, base: str, n: int, *, interval_s: float, max_s: float,
                  open_page: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop, self._results = ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=_watch_in_process, daemon=True, args=(
-            base, run_id, n, interval_s, max_s, open_page, self._stop, self._results))
+            base, n, interval_s, max_s, open_page, self._stop, self._results))
         self._proc.start()
 
     def stop(self, timeout_s: float = 120.0) -> PollStats:
@@ -183,30 +201,22 @@ def _run(out: Path, rounds: int, clients: int, pollers: int, open_page: bool = T
     proc = None
     watchers: list[PollerProcess] = []
 
-    def on_commit(rec) -> None:  # the pollers start at round 1, once the run exists
-        if not watchers:
-            from coordinator.store import make_engine, make_session_factory, repo
-            engine = make_engine(f"sqlite:///{out / 'fedmerge.db'}")
-            with make_session_factory(engine)() as s:
-                run_id = repo.list_runs(s)[0].id
-            engine.dispose()
-            watchers.append(PollerProcess(f"http://127.0.0.1:{port}", run_id, pollers,
-                                          interval_s=1.5, max_s=3600, open_page=open_page))
-
     try:
         # the store must exist before the dashboard starts: create it by migrating
         from coordinator.store import migrated_engine
         with migrated_engine(f"sqlite:///{out / 'fedmerge.db'}"):
             pass
         proc = start_dashboard(out, port, out / "dashboard.log")
-        res = simulate(cfg, num_clients=clients, on_commit=on_commit)
+        watchers.append(PollerProcess(f"http://127.0.0.1:{port}", pollers, interval_s=1.5,
+                                      max_s=3600, open_page=open_page))
+        res = simulate(cfg, num_clients=clients)
     finally:
         if watchers:
             total = watchers[0].stop()
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    # round 1 ran before the pollers started: only the watched rounds count
+    # the pollers start while round 1 runs: only the rounds after it count
     return _round_times(out / "fedmerge.db", res.run_id)[1:], total
 
 
@@ -232,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"unwatched round s: mean {statistics.mean(quiet):.3f} median "
           f"{statistics.median(quiet):.3f}")
     print(f"watched   round s: mean {statistics.mean(watched):.3f} median "
-          f"{statistics.median(watched):.3f}  (x{ratio:.2f})")
+          f"{statistics.median(watched):.3f}  (x{ratio:.2f}, median "
+          f"x{statistics.median(watched) / statistics.median(quiet):.2f})")
+    print("round s, unwatched:", " ".join(f"{t:.3f}" for t in quiet),
+          "| watched:", " ".join(f"{t:.3f}" for t in watched))
     print(f"dashboard: {stats.requests} requests, {len(stats.errors)} errors, latency p50 "
           f"{1e3 * lat[len(lat) // 2]:.0f} ms p95 {1e3 * lat[int(0.95 * (len(lat) - 1))]:.0f} ms"
           f"; run page p50 {page[len(page) // 2]:.1f} s max {page[-1]:.1f} s")
