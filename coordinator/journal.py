@@ -15,7 +15,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.store import EvaluationRecord, RoundRecord, in_transaction, repo
+from coordinator.store import EvaluationRecord, RetryPolicy, RoundRecord, in_transaction, repo
+
+# How long the run's end is retried: a round's commit gives up after about 24 s of a
+# database away, and the run then ends; its end must still reach the store (status,
+# reason, no round left 'running'), so it waits longer, about two minutes.
+FINISH_RETRY = RetryPolicy(attempts=20, first_delay_s=0.25, max_delay_s=8.0)
 
 
 class RunJournal:
@@ -71,4 +76,5 @@ class RunJournal:
                 repo.abort_inflight_rounds(s, self.run_id)
             repo.finish_run(s, self.run_id, status, error=error)
 
-        in_transaction(self.sessions, finish, what=f"run {self.run_id} {status}")
+        in_transaction(self.sessions, finish, what=f"run {self.run_id} {status}",
+                       policy=FINISH_RETRY)

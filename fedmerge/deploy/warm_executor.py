@@ -158,6 +158,8 @@ def serve(
     auth_secret_file: Path | None = None,
     min_poll: float = 0.02,
     max_poll: float = 0.5,
+    busy_max_poll: float = 0.05,
+    active_window: float = 10.0,
     preload_modules: Sequence[str] = DEFAULT_PRELOAD,
     task_type: str = "clientapp",
 ) -> int:
@@ -165,8 +167,10 @@ def serve(
     ClientApp tasks from the SuperNode's, one at a time (a SuperNode hands out one
     message at a time). ``serverapp``: ServerApp tasks from the SuperLink's, each run's
     side by side (concurrent runs). Polls every ``min_poll`` s after a task, backing off
-    to ``max_poll``. Returns when its parent (``parent_pid``: the worker, whose SuperNode
-    may be restarted meanwhile, or the coordinator service) is gone."""
+    to ``busy_max_poll`` while the last task is less than ``active_window`` s old (a run's
+    next message is coming), then to ``max_poll``. Returns when its parent
+    (``parent_pid``: the worker, whose SuperNode may be restarted meanwhile, or the
+    coordinator service) is gone."""
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: I001
     from flwr.supercore.constant import TaskType
@@ -197,7 +201,7 @@ def serve(
     request = AcquireTaskRequest(
         supported_task_types=[TaskType.SERVER_APP if server else TaskType.CLIENT_APP])
     child = _run_server_child if server else _run_child
-    interval = min_poll
+    interval, last_task = min_poll, -active_window
     try:
         while parent_pid is None or _alive(parent_pid):
             children.reap(block=False)
@@ -209,7 +213,8 @@ def serve(
                 continue
             if not (res.HasField("task") and res.token):
                 time.sleep(interval)
-                interval = min(max_poll, interval * 1.5)
+                busy = time.monotonic() - last_task < active_window
+                interval = min(busy_max_poll if busy else max_poll, interval * 1.5)
                 continue
             pid = os.fork()
             if pid == 0:
@@ -217,7 +222,7 @@ def serve(
             children.running[pid] = (res.task.task_id, res.task.run_id, time.perf_counter())
             if not server:
                 children.reap(block=True)
-            interval = min_poll
+            interval, last_task = min_poll, time.monotonic()
     finally:
         client.close()
     log.info("parent %s is gone; stopping", parent_pid)

@@ -204,7 +204,7 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
 
     slept.clear()
     monkeypatch.setattr(loop, "time", time)
-    assert supernode.cap_supernode_sleeps(0.2, idle_cap=1.0)
+    assert supernode.cap_supernode_sleeps(0.2, idle_cap=1.0, active_window=0.0)
     for _ in range(6):  # no message for a while: backs off to the idle cap
         loop.time.sleep(3)
     loop.time.sleep(0.5)  # waiting for a reply: activity
@@ -214,3 +214,28 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
     monkeypatch.setattr(loop, "time", object())  # a Flower whose loop changed
     with pytest.warns(UserWarning, match="keeping its own poll interval"):
         assert not supernode.cap_supernode_sleeps(0.2)
+
+
+def test_a_node_does_not_back_off_within_the_active_window() -> None:
+    """Between a run's rounds (a message less than active_window seconds ago) the node
+    polls every cap seconds; once the window has passed it backs off as before."""
+    import time
+
+    from fedmerge.deploy.supernode import CappedSleep
+
+    now = [100.0]
+    slept: list[float] = []
+    capped = CappedSleep(0.2, 1.0, active_window=10.0, clock=lambda: now[0])
+    real_sleep, time.sleep = time.sleep, slept.append
+    try:
+        capped.sleep(3)  # never active yet: an idle worker backs off at once
+        capped.sleep(0.5)  # a message: waiting for the ClientApp's reply
+        for _ in range(4):  # the next round within the window
+            now[0] += 2.0
+            capped.sleep(3)
+        now[0] += 10.0  # the run is over
+        capped.sleep(3)
+        capped.sleep(3)
+    finally:
+        time.sleep = real_sleep
+    assert slept == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3])
