@@ -133,7 +133,6 @@ class RoundLoop:
             self.on_commit(record)
         return state, record
 
-
     def client_evaluation(self, state: ServerState) -> tuple[list[dict[str, float]], Exchange]:
         """The evaluate exchange for ``state``'s theta: the clients' metrics rows."""
         evaluate = self.grid.exchange(

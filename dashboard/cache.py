@@ -17,7 +17,9 @@ while the store has not changed:
   computation in progress instead of each running it;
 - only 200 answers are kept (the last ``kept``, least recently used first out), keyed by
   path, query, Host and whether JSON was asked for; any other method (an annotation's
-  PUT) empties the cache, since the dashboard's own write does not wait for the stamp.
+  PUT) empties the cache and starts a new generation of keys, before and after it, so no
+  answer computed before the write ends is served after it (tags and notes are not part
+  of the stamp).
 """
 
 from __future__ import annotations
@@ -63,15 +65,23 @@ class AnswerCache:
         self._stamp: tuple[float, Hashable] | None = None  # (read at, value)
         self._stamp_read: asyncio.Future[Hashable] | None = None
         self.computed = 0  # answers computed by the app (the rest came from here)
+        self.writes = 0  # this dashboard's own writes: each starts a new generation
+
+    def _written(self) -> None:
+        self.writes += 1
+        self.answers.clear()
+        self._stamp = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
-            self.answers.clear()
-            self._stamp = None
-            await self.app(scope, receive, send)
+            self._written()
+            try:
+                await self.app(scope, receive, send)
+            finally:  # and after it: what was computed meanwhile is not served either
+                self._written()
             return
         if scope["method"] != "GET" or not POLLED.match(scope["path"]):
             await self.app(scope, receive, send)
@@ -82,8 +92,8 @@ class AnswerCache:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
-        key = (stamp, scope["path"], scope.get("query_string", b""), headers.get(b"host"),
-               wants_json(scope))
+        key = (self.writes, stamp, scope["path"], scope.get("query_string", b""),
+               headers.get(b"host"), wants_json(scope))
         answer = self.answers.get(key)
         if answer is None:
             answer = await self._compute(key, scope, receive, send)

@@ -126,3 +126,22 @@ def test_requests_that_arrive_together_share_one_computation(
     assert [r.status_code for r in answers] == [200] * 20
     assert len({r.text for r in answers}) == 1
     assert calls == [run_id]
+
+
+def test_the_dashboards_own_write_shows_at_once(
+    file_store: tuple[str, sessionmaker[Session]]
+) -> None:
+    """Tags and notes are not part of the store's stamp: the PUT itself starts anew."""
+    from tests.dashboard.conftest import TOKEN
+
+    url, sessions = file_store
+    with sessions.begin() as s:
+        run_id = create_run(s)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    app = create_app(DashboardSettings(db_url=url, token=TOKEN, poll_cache_s=60.0))
+    with TestClient(app, base_url=BASE_URL) as client:
+        assert client.get(f"/api/runs/{run_id}", headers=bearer).json()["tags"] == []
+        put = client.put(f"/api/runs/{run_id}/annotations", headers=bearer,
+                         json={"tags": ["baseline"], "notes": "n"})
+        assert put.status_code == 200
+        assert client.get(f"/api/runs/{run_id}", headers=bearer).json()["tags"] == ["baseline"]
