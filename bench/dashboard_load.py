@@ -1,7 +1,8 @@
 """The dashboard under load while a run commits rounds: 50 clients that open the run page
 and poll the JSON API every 1.5 s (as the page's own live.js does) against a dashboard
 process on 127.0.0.1, and the run's round times against the same run with nobody
-watching. Prints the figures; tests/faults/test_dashboard_load.py checks the same
+watching. The pollers run in a process of their own (as browsers would), the simulated
+run in this one. Prints the figures; tests/faults/test_dashboard_load.py checks the same
 load for errors (no timing is asserted there).
 
     python -m bench.dashboard_load [--rounds 8] [--clients 4] [--pollers 50] [--no-page]
@@ -10,6 +11,7 @@ load for errors (no timing is asserted there).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import socket
 import statistics
@@ -84,6 +86,65 @@ def start_watchers(base: str, run_id: str, n: int, *, interval_s: float, max_s: 
     return stop, threads, stats
 
 
+def _first_run(base: str, stop, max_s: float) -> str | None:
+    """The id of the first run the dashboard lists (None if ``stop`` comes first)."""
+    give_up = time.monotonic() + max_s
+    with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as client:
+        while not stop.is_set() and time.monotonic() < give_up:
+            runs = client.get("/api/runs").json()["data"]
+            if runs:
+                return runs[0]["id"]
+            stop.wait(0.1)
+    return None
+
+
+def _watch_in_process(base: str, n: int, interval_s: float, max_s: float,
+                      open_page: bool, stop, results) -> None:
+    """The body of ``PollerProcess``: once the run is listed, ``n`` watchers until
+    ``stop``, their stats summed."""
+    run_id = _first_run(base, stop, max_s)
+    if run_id is None:
+        results.put(PollStats())
+        return
+    inner, threads, stats = start_watchers(base, run_id, n, interval_s=interval_s,
+                                           max_s=max_s, open_page=open_page)
+    stop.wait(max_s)
+    inner.set()
+    for t in threads:
+        t.join(60)
+    results.put(merged(stats))
+
+
+def merged(stats: Sequence[PollStats]) -> PollStats:
+    total = PollStats()
+    for s in stats:
+        total.requests += s.requests
+        total.errors += s.errors
+        total.latencies += s.latencies
+        total.page_latencies += s.page_latencies
+    return total
+
+
+class PollerProcess:
+    """The watchers in a process of their own, as browsers are: their HTTP clients'
+    CPU and GIL are not the coordinator's (the simulated run is in this process). Started
+    before the run, it waits for the dashboard to list it, then watches it."""
+
+    def __init__(self, base: str, n: int, *, interval_s: float, max_s: float,
+                 open_page: bool = True) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop, self._results = ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_watch_in_process, daemon=True, args=(
+            base, n, interval_s, max_s, open_page, self._stop, self._results))
+        self._proc.start()
+
+    def stop(self, timeout_s: float = 120.0) -> PollStats:
+        self._stop.set()
+        stats = self._results.get(timeout=timeout_s)
+        self._proc.join(timeout_s)
+        return stats
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,22 +199,7 @@ def _run(out: Path, rounds: int, clients: int, pollers: int, open_page: bool = T
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
     proc = None
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-    stats: list[PollStats] = []
-    started: list[str] = []
-
-    def on_commit(rec) -> None:  # the pollers start at round 1, once the run exists
-        nonlocal stop, threads, stats
-        if not started:
-            from coordinator.store import make_engine, make_session_factory, repo
-            engine = make_engine(f"sqlite:///{out / 'fedmerge.db'}")
-            with make_session_factory(engine)() as s:
-                started.append(repo.list_runs(s)[0].id)
-            engine.dispose()
-            stop, threads, stats = start_watchers(f"http://127.0.0.1:{port}", started[0],
-                                                  pollers, interval_s=1.5, max_s=3600,
-                                                  open_page=open_page)
+    watchers: list[PollerProcess] = []
 
     try:
         # the store must exist before the dashboard starts: create it by migrating
@@ -161,20 +207,16 @@ def _run(out: Path, rounds: int, clients: int, pollers: int, open_page: bool = T
         with migrated_engine(f"sqlite:///{out / 'fedmerge.db'}"):
             pass
         proc = start_dashboard(out, port, out / "dashboard.log")
-        res = simulate(cfg, num_clients=clients, on_commit=on_commit)
+        watchers.append(PollerProcess(f"http://127.0.0.1:{port}", pollers, interval_s=1.5,
+                                      max_s=3600, open_page=open_page))
+        res = simulate(cfg, num_clients=clients)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        if watchers:
+            total = watchers[0].stop()
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    for s in stats:
-        total.requests += s.requests
-        total.errors += s.errors
-        total.latencies += s.latencies
-        total.page_latencies += s.page_latencies
-    # round 1 ran before the pollers started: only the watched rounds count
+    # the pollers start while round 1 runs: only the rounds after it count
     return _round_times(out / "fedmerge.db", res.run_id)[1:], total
 
 
@@ -186,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--no-page", action="store_true",
                     help="the clients only poll the API (no run page with its plots)")
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         quiet, _ = _run(Path(tmp) / "unwatched", args.rounds, args.clients, 0)
         watched, stats = _run(Path(tmp) / "watched", args.rounds, args.clients, args.pollers,
@@ -199,10 +242,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"unwatched round s: mean {statistics.mean(quiet):.3f} median "
           f"{statistics.median(quiet):.3f}")
     print(f"watched   round s: mean {statistics.mean(watched):.3f} median "
-          f"{statistics.median(watched):.3f}  (x{ratio:.2f})")
+          f"{statistics.median(watched):.3f}  (x{ratio:.2f}, median "
+          f"x{statistics.median(watched) / statistics.median(quiet):.2f})")
+    print("round s, unwatched:", " ".join(f"{t:.3f}" for t in quiet),
+          "| watched:", " ".join(f"{t:.3f}" for t in watched))
     print(f"dashboard: {stats.requests} requests, {len(stats.errors)} errors, latency p50 "
           f"{1e3 * lat[len(lat) // 2]:.0f} ms p95 {1e3 * lat[int(0.95 * (len(lat) - 1))]:.0f} ms"
           f"; run page p50 {page[len(page) // 2]:.1f} s max {page[-1]:.1f} s")
+    print("load average (1, 5, 15 min) before: {:.1f} {:.1f} {:.1f}, after: {:.1f} {:.1f} "
+          "{:.1f}".format(*load_before, *os.getloadavg()))
     for e in stats.errors[:5]:
         print("  error:", e)
 

@@ -79,6 +79,18 @@ def _setup(msg: Message, context: Context):
     return run, task, pid, data, theta, model
 
 
+def _folded_personal(task: Task, model: torch.nn.Module, theta, split, device: torch.device,
+                     context: Context, personal: bool) -> dict[str, float]:
+    """Folded evaluation, personal mode: what the evaluate reply says of theta + the kept
+    theta_i (under EVAL_PERSONAL_*, before training). ``model`` is left holding theta."""
+    offset = _stored_offset(context)
+    if not personal or offset is None:
+        return {}
+    own = _measure(task, load_params(model, theta, offset), split, device, "eval-personal")
+    load_params(model, theta)
+    return {k: v for k, v in own.items() if k in (m.EVAL_PERSONAL_ACC, m.EVAL_PERSONAL_LOSS)}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     run, task, pid, data, theta, model = _setup(msg, context)
@@ -89,8 +101,14 @@ def train(msg: Message, context: Context) -> Message:
     trainable = _trainable(context, theta)
 
     metrics: dict[str, float | int] = {}
-    shared = _measure(task, load_params(model, theta), data.val, device, "shared")
-    metrics.update({k: v for k, v in shared.items() if k in (m.SHARED_ACC, "shared-loss")})
+    shared = _measure(task, load_params(model, theta), data.val, device, "eval")
+    metrics.update({"shared" + k[len("eval"):]: v for k, v in shared.items()
+                    if k in (m.EVAL_ACC, m.EVAL_LOSS)})
+    if run.federated_evaluation == "folded":  # this evaluation of theta, in full
+        metrics.update(shared)
+        metrics.update(_folded_personal(task, model, theta, data.val, device, context,
+                                        personal))
+        metrics[m.EVAL_NUM_EXAMPLES] = len(data.val)
     result = fit_offset(
         task, model, theta, data.train,
         epochs=run.local_epochs, lr=run.local_lr, batch_size=run.batch_size,

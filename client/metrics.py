@@ -16,6 +16,11 @@ PERSONAL_LOSS = "personal-loss"
 # Evaluate reply
 EVAL_LOSS = "eval-loss"  # of theta on the client's own validation split
 EVAL_ACC = "eval-acc"
+# Train reply in folded mode (federated-evaluation = "folded"), besides the EVAL_* keys:
+# the evaluation of the theta received, made before training
+EVAL_NUM_EXAMPLES = "eval-num-examples"  # the validation split's size
+EVAL_PERSONAL_ACC = "eval-personal-acc"  # personal mode: of theta + the kept theta_i
+EVAL_PERSONAL_LOSS = "eval-personal-loss"
 
 # What the coordinator adds to a round's aggregate train metrics
 NUM_CLIENTS = "num-clients"

@@ -31,6 +31,8 @@ class ClientTask:
     lam: float = 1.0
     device: str = "auto"
     combiner: str = "mean"  # "fisher": also send a diagonal Fisher per trained tensor
+    # "folded": a train reply also carries the client's evaluation of the theta it got
+    federated_evaluation: str = "folded"
 
     @classmethod
     def config_keys(cls) -> list[str]:

@@ -44,6 +44,10 @@ class MergeConfig(BaseModel):
     num_server_rounds: int = Field(5, ge=1, alias="num-server-rounds")
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, alias="fraction-train")
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0, alias="fraction-evaluate")
+    # the clients' evaluation of theta: in the train reply (one exchange per round), in
+    # its own evaluate exchange, or none (the central evaluation runs in every mode)
+    federated_evaluation: Literal["folded", "separate", "off"] = Field(
+        "folded", alias="federated-evaluation")
     min_nodes: int = Field(2, ge=1, alias="min-nodes")
     # SuperNodes that `fedmerge demo` / `fedmerge resume` simulate (deployment: ignored)
     num_clients: int = Field(10, ge=1, alias="num-clients")
@@ -207,6 +211,12 @@ class MergeConfig(BaseModel):
         if plan is not None and plan.rounds_allowed(1) < 1:
             raise ValueError(f"dp-epsilon-budget: {self.dp_epsilon_budget:g} is below one "
                              f"round's epsilon {plan.epsilon(1):.4g}")
+
+    @property
+    def client_evaluation(self) -> str:
+        """How the clients evaluate theta: ``federated-evaluation``, or "off" when
+        ``fraction-evaluate`` is 0 (no client is asked)."""
+        return "off" if self.fraction_evaluate == 0 else self.federated_evaluation
 
     @property
     def gradient_scale(self) -> float:

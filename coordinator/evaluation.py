@@ -7,7 +7,16 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from client.metrics import EVAL_ACC, EVAL_LOSS, PARTITION_ID, PERSONAL_ACC, PERSONAL_LOSS
+from client.metrics import (
+    EVAL_ACC,
+    EVAL_LOSS,
+    EVAL_NUM_EXAMPLES,
+    EVAL_PERSONAL_ACC,
+    EVAL_PERSONAL_LOSS,
+    PARTITION_ID,
+    PERSONAL_ACC,
+    PERSONAL_LOSS,
+)
 from client.task import NUM_EXAMPLES
 from client.tasks.registry import load_task
 from client.tasks.runtime import central_evaluation
@@ -73,3 +82,18 @@ def federated_records(clients: list[Row]) -> list[EvaluationRecord]:
         out.append(EvaluationRecord("personalized", loss, acc,
                                     int(n_acc if acc is not None else n_loss)))
     return out
+
+
+def folded_row(train_metrics: Row) -> dict[str, float] | None:
+    """A train reply's folded evaluation (federated-evaluation "folded": the client's
+    evaluation of the theta it received, made before training) as the row its evaluate
+    reply would have been; None if the reply carries none."""
+    if EVAL_NUM_EXAMPLES not in train_metrics:
+        return None
+    renamed = {EVAL_NUM_EXAMPLES: NUM_EXAMPLES, EVAL_PERSONAL_ACC: PERSONAL_ACC,
+               EVAL_PERSONAL_LOSS: PERSONAL_LOSS}
+    row = {renamed.get(k, k): float(v) for k, v in train_metrics.items()
+           if k.startswith("eval-")}
+    if PARTITION_ID in train_metrics:
+        row[PARTITION_ID] = float(train_metrics[PARTITION_ID])
+    return row

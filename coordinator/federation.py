@@ -68,6 +68,7 @@ def run_federation(
             checkpoint_dir=cfg.out_path / "checkpoints" / run_id,
             train_config=client_config(cfg), evaluate_config=client_config(cfg),
             timeout=cfg.round_timeout, seed=None if plan else cfg.seed, on_commit=on_commit,
+            evaluation=cfg.client_evaluation,
         )
         if cfg.merge == "async":
             loop = buffered_loop(cfg, loop, sessions, run_id)
@@ -113,5 +114,5 @@ def build_strategy(cfg: MergeConfig) -> MergeStrategy:
 
 def client_config(cfg: MergeConfig) -> ConfigRecord:
     """The round's ConfigRecord: the client task's keys of the run config."""
-    values = cfg.as_run_config()
+    values = {**cfg.as_run_config(), "federated-evaluation": cfg.client_evaluation}
     return ConfigRecord({k: values[k] for k in ClientTask.config_keys()})

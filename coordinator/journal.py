@@ -15,7 +15,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.store import EvaluationRecord, RoundRecord, in_transaction, repo
+from coordinator.store import EvaluationRecord, RetryPolicy, RoundRecord, in_transaction, repo
+
+# How long the run's end is retried: a round's commit gives up after about 24 s of a
+# database away, and the run then ends; its end must still reach the store (status,
+# reason, no round left 'running'), so it waits longer, about two minutes.
+FINISH_RETRY = RetryPolicy(attempts=20, first_delay_s=0.25, max_delay_s=8.0)
 
 
 class RunJournal:
@@ -44,6 +49,21 @@ class RunJournal:
                        lambda s: repo.set_round_finished(s, self.run_id, number, finished_at),
                        what=f"round {number} end time")
 
+    def client_evaluations(self, number: int, records: Sequence[EvaluationRecord],
+                           events: Sequence[tuple[str, str]] = ()) -> None:
+        """The clients' evaluations of round ``number``'s theta, made after its commit
+        (in place of any recorded before), with ``events``."""
+        def write(s: Session) -> None:
+            repo.replace_client_evaluations(s, self.run_id, number, records)
+            for kind, message in events:
+                repo.add_event(s, self.run_id, kind, message)
+
+        in_transaction(self.sessions, write, what=f"round {number} client evaluation")
+
+    def has_client_evaluation(self, number: int) -> bool:
+        with self.sessions() as s:
+            return repo.has_client_evaluation(s, self.run_id, number)
+
     def initial(self, evaluation: EvaluationRecord) -> None:
         """The initial model's evaluation, as round 0."""
         with self.sessions.begin() as s:
@@ -62,4 +82,5 @@ class RunJournal:
                 repo.abort_inflight_rounds(s, self.run_id)
             repo.finish_run(s, self.run_id, status, error=error)
 
-        in_transaction(self.sessions, finish, what=f"run {self.run_id} {status}")
+        in_transaction(self.sessions, finish, what=f"run {self.run_id} {status}",
+                       policy=FINISH_RETRY)

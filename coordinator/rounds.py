@@ -5,24 +5,32 @@
         configure Flower's FedAvg samples the nodes and builds the train messages
         send      the StreamingGrid pushes them; replies stream back, each with its node
         merge     Merge(state, replies) -> (state, MergeReport with its own timings)
-        evaluate  the clients' evaluation of the new theta, and the central one
+        evaluate  the clients' evaluation of the new theta (federated-evaluation
+                  "separate": an evaluate exchange), and the central one
         checkpoint  theta and the optimizer state, atomically, hashed
         commit    the RoundRecord, in one transaction, only after its checkpoint; then
                   its end time, so the round's recorded time includes its commit
 
 Anything that raises before the commit leaves no half round: the round stays in flight
 in the store and is redone on resume from the last committed round.
+
+federated-evaluation "folded": each train reply also carries the client's evaluation of
+the theta it received, so round n+1's replies evaluate theta_n. Round n+1's commit
+records them under round n (replacing what an earlier attempt of round n+1 recorded
+there), and the last round's theta, which no train round follows, gets one evaluate
+exchange after the loop, unless the store has its evaluation already (a resumed run).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
+from typing import Literal
 
 from flwr.app import ConfigRecord
 from flwr.common import log
@@ -30,8 +38,8 @@ from flwr.common import log
 from aggregation import Params, ServerState
 from client.metrics import PARTITION_ID, TRAIN_LOSS, TRAIN_SECONDS
 from coordinator.checkpoints import save_checkpoint
-from coordinator.evaluation import federated_records, headline_of
-from coordinator.grid import ExchangeTiming, StreamingGrid
+from coordinator.evaluation import federated_records, folded_row, headline_of
+from coordinator.grid import Exchange, ExchangeTiming, Reply, StreamingGrid
 from coordinator.journal import RunJournal
 from coordinator.merge import ClientOutcome, Merge, MergeReport
 from coordinator.replies import reply_metrics
@@ -40,6 +48,8 @@ from coordinator.strategy import MergeStrategy
 
 CentralEvaluation = Callable[[Params], EvaluationRecord]
 """theta -> its "central" evaluation on the coordinator's held-out split."""
+
+ClientEvaluation = Literal["folded", "separate", "off"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class RoundLoop:
     timeout: float
     seed: int | None = 0  # of Flower's client sampling; None: the OS's entropy (dp central)
     on_commit: Callable[[RoundRecord], None] | None = None
+    evaluation: ClientEvaluation = "separate"  # how the clients evaluate theta
 
     def run(self, state: ServerState, last_round: int) -> tuple[ServerState, EvaluationRecord]:
         """Rounds state.round + 1 ... last_round; the final state and its central
@@ -69,6 +80,8 @@ class RoundLoop:
         while state.round < last_round:
             state, record = self.run_round(state)
             central = next(e for e in record.evaluations if e.kind == "central")
+        if self.evaluation == "folded" and state.round > 0:
+            self.evaluate_last(state)
         assert central is not None
         return state, central
 
@@ -80,13 +93,15 @@ class RoundLoop:
         train = self.grid.exchange(
             self.strategy.train_messages(state, self.train_config, self.grid),
             timeout=self.timeout)
-        state, report = self.merge(state, train)
+        folded: list[dict[str, float]] = []  # the clients' evaluation of the theta sent
+        state, report = self.merge(
+            state, _folded_rows(train, folded) if self.evaluation == "folded" else train)
 
         t_evaluate = time.perf_counter()
-        evaluate = self.grid.exchange(
-            self.strategy.evaluate_messages(state, self.evaluate_config, self.grid),
-            timeout=self.timeout)
-        clients = [m for r in evaluate if (m := reply_metrics(r.message)) is not None]
+        clients, timings = [], (train.timing,)
+        if self.evaluation == "separate":
+            clients, evaluate = self.client_evaluation(state)
+            timings += (evaluate.timing,)
         evaluations = (*federated_records(clients), self.central(state.params))
 
         path, digest = save_checkpoint(
@@ -106,8 +121,9 @@ class RoundLoop:
             checkpoint_sha256=digest,
             updates=tuple(update_record(o) for o in report.clients),
             evaluations=evaluations,
+            previous_evaluations=tuple(federated_records(folded)),
         )
-        self.journal.commit(record, [*timeout_events(number, (train.timing, evaluate.timing)),
+        self.journal.commit(record, [*timeout_events(number, timings),
                                      *merge_events(number, report)])
         record = replace(record, finished_at=datetime.now(UTC))  # the commit included
         self.journal.finished(number, record.finished_at)
@@ -120,6 +136,33 @@ class RoundLoop:
         if self.on_commit is not None:
             self.on_commit(record)
         return state, record
+
+    def client_evaluation(self, state: ServerState) -> tuple[list[dict[str, float]], Exchange]:
+        """The evaluate exchange for ``state``'s theta: the clients' metrics rows."""
+        evaluate = self.grid.exchange(
+            self.strategy.evaluate_messages(state, self.evaluate_config, self.grid),
+            timeout=self.timeout)
+        return [m for r in evaluate if (m := reply_metrics(r.message)) is not None], evaluate
+
+    def evaluate_last(self, state: ServerState) -> None:
+        """Folded mode: the clients' evaluation of the last theta, which no train round
+        carries, by one evaluate exchange recorded under its round; nothing if the store
+        has it already (a resumed run that had evaluated it)."""
+        if self.journal.has_client_evaluation(state.round):
+            return
+        clients, evaluate = self.client_evaluation(state)
+        self.journal.client_evaluations(state.round, federated_records(clients),
+                                        timeout_events(state.round, (evaluate.timing,)))
+
+
+def _folded_rows(replies: Exchange, rows: list[dict[str, float]]) -> Iterator[Reply]:
+    """The replies, unchanged, as they come; each one's folded evaluation is added to
+    ``rows`` (whether or not its update is merged: the evaluation is of theta)."""
+    for r in replies:
+        metrics = reply_metrics(r.message)
+        if metrics is not None and (row := folded_row(metrics)) is not None:
+            rows.append(row)
+        yield r
 
 
 def update_record(o: ClientOutcome) -> UpdateRecord:

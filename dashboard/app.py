@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.store import StoreError, make_session_factory, ping
 from dashboard.auth import TokenGate, wants_json
+from dashboard.cache import AnswerCache
 from dashboard.db import make_readonly_engine, unavailable_reason
-from dashboard.queries import UnknownCheckpoint, UnknownClient, UnknownRun
+from dashboard.queries import UnknownCheckpoint, UnknownClient, UnknownRun, store_stamp
 from dashboard.routes import api, pages
 from dashboard.security import HostGuard, SecurityHeaders, allowed_hosts
 from dashboard.settings import DashboardSettings
@@ -61,6 +62,8 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router)
     _add_error_pages(app)
+    app.add_middleware(AnswerCache, stamp=lambda scope: _store_stamp(app),
+                       stamp_max_age_s=settings.poll_cache_s)
     if settings.token is not None:
         app.add_middleware(
             TokenGate, token=settings.token, refuse_html=lambda r: error_page(r, 401)
@@ -69,6 +72,16 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         app.add_middleware(HostGuard, allowed=hosts)
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers
     return app
+
+
+def _store_stamp(app: FastAPI) -> tuple[object, ...]:
+    """The store's state, read with the app's own read-only engine (AttributeError before
+    the lifespan made it: nothing is cached then)."""
+    with app.state.session_factory() as session:
+        try:
+            return store_stamp(session)
+        finally:
+            session.rollback()
 
 
 def error_page(request: Request, status: int, detail: str | None = None) -> Response:

@@ -22,6 +22,7 @@ from coordinator.store.models import (
     ClientUpdateRow,
     EvaluationRow,
     RoundRow,
+    RunEventRow,
     RunRow,
 )
 from dashboard.schemas import (
@@ -365,3 +366,22 @@ def checkpoint_file(s: Session, run_id: str, number: int) -> Path:
         raise UnknownCheckpoint(f"run {run.id} has no checkpoint file for round {number}")
     return file
 
+
+
+def store_stamp(s: Session) -> tuple[Any, ...]:
+    """The run store's state, in one read of small aggregates: it changes with every write
+    the coordinator and the CLI make (a run created, finished or resumed; a round opened,
+    restarted, committed or aborted; an update, evaluation or event added), so an answer
+    computed under a stamp stays right while the stamp does (dashboard/cache.py)."""
+    def one(*columns: Any) -> tuple[Any, ...]:
+        return tuple(s.execute(select(*columns)).one())
+
+    return (
+        *one(func.count(RunRow.id), func.max(RunRow.started_at), func.max(RunRow.finished_at)),
+        *one(func.max(RoundRow.id), func.max(RoundRow.started_at), func.sum(RoundRow.attempts),
+             func.count(case((RoundRow.status == "committed", 1))),
+             func.count(case((RoundRow.status == "aborted", 1)))),
+        *one(func.max(EvaluationRow.id), func.count(EvaluationRow.id)),
+        *one(func.max(ClientUpdateRow.id)),
+        *one(func.max(RunEventRow.id)),
+    )

@@ -58,6 +58,10 @@ class DashboardSettings(BaseModel):
     # Host headers answered (DNS rebinding guard); empty = the bind host (and loopback
     # aliases) on its port. "name" allows any port, "name:port" one, "*" any host.
     allowed_hosts: tuple[str, ...] = ()
+    # Seconds a polled answer (run page, plots, the API's run routes) may lag the store:
+    # the store's state is read at most this often and answers are kept per state
+    # (dashboard/cache.py). 0: read it on every request (answers are still kept per state).
+    poll_cache_s: float = Field(default=0.5, ge=0.0, le=60.0)
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

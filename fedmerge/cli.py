@@ -218,6 +218,9 @@ def coordinator(
         envvar="FEDMERGE_DASHBOARD_TOKEN",
         help="Needed off loopback; prefer the environment variable (argv shows in ps).")
     ] = None,
+    isolation: Annotated[str, typer.Option(
+        help="warm: each run's ServerApp forked from a process that imported torch once; "
+             "subprocess: Flower's fresh process per run.")] = "warm",
 ) -> None:
     """Run the coordinator service: Flower's SuperLink and the dashboard, until stopped.
     The Control API (run submission) takes only requests with the operator token:
@@ -227,6 +230,8 @@ def coordinator(
     from fedmerge.deploy.operator import ENV_TOKEN
     from fedmerge.deploy.service import CoordinatorOptions, TlsFiles, run_coordinator
 
+    if isolation not in ("warm", "subprocess"):
+        raise typer.BadParameter("--isolation: warm or subprocess")
     tls = None
     if certs is not None:
         tls = TlsFiles.from_dir(_dir(certs, "--certs"))
@@ -238,7 +243,7 @@ def coordinator(
         register_keys=tuple(_file(k, "--register-key") for k in register_key or []),  # type: ignore[misc]
         db=db or None, dashboard=dashboard, dashboard_host=dashboard_host,
         dashboard_port=dashboard_port, dashboard_token=dashboard_token,
-        operator_token=os.environ.get(ENV_TOKEN) or None,
+        operator_token=os.environ.get(ENV_TOKEN) or None, isolation=isolation,
     )
     _exit_with(lambda: run_coordinator(opts, echo=lambda m: typer.echo(m, err=True)))
 

@@ -62,7 +62,7 @@ def run_demo(
         table.add_row(
             str(rec.number), str(ok), str(len(rec.updates) - ok),
             _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_central(ev)),
-            _fmt(_acc(ev, "federated")), _fmt(_acc(ev, "personalized")),
+            _clients(rec, ev, "federated"), _clients(rec, ev, "personalized"),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
             *([] if plan is None else [f"{rec.metrics.get(DP_EPSILON, float('nan')):.3g}"]),
         )
@@ -149,6 +149,15 @@ def _central(ev: dict) -> float | None:
 
 def _acc(ev: dict, kind: str) -> float | None:
     return ev[kind].accuracy if kind in ev else None
+
+
+def _clients(rec: RoundRecord, ev: dict, kind: str) -> str:
+    """The clients' evaluation in a round's row; folded (federated-evaluation "folded")
+    a round's replies carry that of the theta before it: shown with its round."""
+    if kind in ev or not rec.previous_evaluations:
+        return _fmt(_acc(ev, kind))
+    before = {e.kind: e for e in rec.previous_evaluations}
+    return "-" if kind not in before else f"{_fmt(_acc(before, kind))} (r{rec.number - 1})"
 
 
 def _fmt(x: float | None) -> str:

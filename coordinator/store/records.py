@@ -60,3 +60,6 @@ class RoundRecord:
     checkpoint_sha256: str | None
     updates: tuple[UpdateRecord, ...]
     evaluations: tuple[EvaluationRecord, ...]
+    # federated-evaluation "folded": the clients' evaluations of the theta this round
+    # started from, carried by its train replies; recorded under the round before
+    previous_evaluations: tuple[EvaluationRecord, ...] = ()

@@ -236,6 +236,8 @@ def commit_round(s: Session, run_id: str, record: RoundRecord) -> None:
     )
     for e in record.evaluations:
         add_evaluation(s, run_id, record.number, e)
+    if record.previous_evaluations:
+        replace_client_evaluations(s, run_id, record.number - 1, record.previous_evaluations)
     s.flush()
 
 
@@ -361,6 +363,28 @@ def events_of(s: Session, run_id: str) -> Sequence[RunEventRow]:
         .order_by(RunEventRow.at, RunEventRow.id)
     )
     return s.scalars(stmt).all()
+
+
+CLIENT_EVALUATION_KINDS = ("federated", "personalized")
+
+
+def replace_client_evaluations(
+    s: Session, run_id: str, round_number: int, records: Sequence[EvaluationRecord]
+) -> None:
+    """The clients' evaluations of a round's theta, in place of any recorded before (a
+    round redone on resume evaluates it again)."""
+    s.execute(delete(EvaluationRow).where(
+        EvaluationRow.run_id == run_id, EvaluationRow.round_number == round_number,
+        EvaluationRow.kind.in_(CLIENT_EVALUATION_KINDS)))
+    for e in records:
+        add_evaluation(s, run_id, round_number, e)
+
+
+def has_client_evaluation(s: Session, run_id: str, round_number: int) -> bool:
+    """Whether a round's theta has a federated or personalized evaluation recorded."""
+    return bool(s.scalar(select(exists().where(
+        EvaluationRow.run_id == run_id, EvaluationRow.round_number == round_number,
+        EvaluationRow.kind.in_(CLIENT_EVALUATION_KINDS)))))
 
 
 def add_evaluation(s: Session, run_id: str, round_number: int, record: EvaluationRecord) -> None:

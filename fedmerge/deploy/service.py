@@ -71,6 +71,10 @@ class CoordinatorOptions:
     dashboard_port: int = 8080
     dashboard_token: str | None = None
     operator_token: str | None = None  # None: keep (or make) <out-dir>/operator.token
+    # warm: the SuperLink in process isolation, each run's ServerApp forked from one
+    # process that imported torch and the app once (fedmerge/deploy/warm_executor.py);
+    # subprocess: Flower's own, a fresh flwr-serverapp process per run
+    isolation: str = "warm"
 
     @property
     def state_dir(self) -> Path:
@@ -128,11 +132,34 @@ def superlink_argv(opts: CoordinatorOptions) -> list[str]:
         "--database", str(opts.state_dir / "state.db"),
         "--disable-runtime-dependency-installation",
     ]
+    if opts.isolation == "warm":
+        argv += ["--isolation", "process",
+                 "--superexec-auth-secret-file", str(opts.state_dir / "superexec.secret")]
     if opts.tls is None:
         return [*argv, "--insecure"]
     argv += ["--ssl-ca-certfile", str(opts.tls.ca), "--ssl-certfile", str(opts.tls.cert),
              "--ssl-keyfile", str(opts.tls.key)]
     return [*argv, "--enable-supernode-auth"] if opts.supernode_auth else argv
+
+
+def serverapp_executor_argv(opts: CoordinatorOptions) -> list[str]:
+    """The warm ServerApp executor: acquires each run's ServerApp task from the SuperLink's
+    Runtime API (loopback, the shared secret) and forks it."""
+    argv = [sys.executable, "-m", "fedmerge.deploy.warm_executor", "--task-type", "serverapp",
+            "--runtime-api-address", opts.local_address, "--parent-pid", str(os.getpid()),
+            "--superexec-auth-secret-file", str(opts.state_dir / "superexec.secret")]
+    if opts.tls is None:
+        return [*argv, "--insecure"]
+    return [*argv, "--root-certificates", str(opts.tls.ca)]
+
+
+def _write_secret(path: Path) -> None:
+    """A fresh shared secret for the SuperLink's ServerApp task hand-out (0600)."""
+    import secrets
+
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_bytes(secrets.token_bytes(32))
 
 
 def _prepare_store(opts: CoordinatorOptions) -> str:
@@ -221,10 +248,16 @@ def run_coordinator(opts: CoordinatorOptions, *, echo: Echo = print,
     dashboard: list[object] = []  # the uvicorn server, once started
 
     def start() -> None:
+        if opts.isolation == "warm":
+            _write_secret(opts.state_dir / "superexec.secret")
         superlink = supervisor.start("superlink", superlink_argv(opts), env=env,
                                      cwd=opts.state_dir)
         host, port = split_address(opts.local_address)
         supervisor.wait_port(superlink, host, port, timeout=startup_timeout)
+        if opts.isolation == "warm":
+            executor = supervisor.start("serverapp-executor", serverapp_executor_argv(opts),
+                                        env=env, cwd=opts.state_dir)
+            echo(f"ServerApp executor (warm), pid {executor.pid}, log {executor.log_path}")
         scheme = "TLS" if opts.tls else "plain HTTP"
         echo(f"SuperLink ({scheme}) on {opts.host}:{opts.port}, pid {superlink.pid}, "
              f"log {superlink.log_path}")

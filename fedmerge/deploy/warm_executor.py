@@ -36,6 +36,12 @@ from types import FrameType
 DEFAULT_PRELOAD = (
     "client.client_app", "flwr_datasets.partitioner", "sklearn.datasets", "torch._dynamo",
 )
+# The ServerApp (``--task-type serverapp``, beside a SuperLink started with --isolation
+# process): the coordinator's round loop, its store and the central evaluation's task
+SERVERAPP_PRELOAD = (
+    "coordinator.server_app", "client.tasks.registry", "sklearn.datasets", "torch._dynamo",
+)
+TASK_TYPES = ("clientapp", "serverapp")
 APP_PACKAGES = ("aggregation", "client", "coordinator", "dashboard")  # loaded from the FAB
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 log = logging.getLogger("fedmerge.warm_executor")
@@ -85,16 +91,62 @@ def _run_child(address: str, token: str, *, insecure: bool, root_cert: bytes | N
         os._exit(code)
 
 
-class _Children:
-    """The running task, so SIGTERM can take it down with the executor."""
+def _run_server_child(address: str, token: str, *, insecure: bool,
+                      root_cert: bytes | None) -> None:
+    """In the forked child: Flower's ServerApp runner (what ``flwr-serverapp`` runs, its
+    output mirrored to the run's log as there), then leave."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from queue import Queue
 
-    pid: int | None = None
+        from flwr.supercore.logger import mirror_output_to_queue, restore_output
+        from flwr.superlink.runtime import run_serverapp
+
+        log_queue: Queue[str | None] = Queue()
+        mirror_output_to_queue(log_queue)
+        run_serverapp(runtime_api_address=address, log_queue=log_queue, token=token,
+                      insecure=insecure, certificates=root_cert, parent_pid=None,
+                      runtime_dependency_install=False)
+        restore_output()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Children:
+    """The running tasks (pid -> (task, run, start)), so SIGTERM takes them down with the
+    executor."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[int, int, float]] = {}
 
     def terminate(self, signum: int, _frame: FrameType | None) -> None:
-        if self.pid is not None:
+        for pid in self.running:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
         raise SystemExit(128 + signum)
+
+    def reap(self, *, block: bool) -> int:
+        """Log each task that ended (waiting for one if ``block``); how many ended."""
+        ended = 0
+        while self.running:
+            pid, status = os.waitpid(-1, 0 if block and not ended else os.WNOHANG)
+            if pid == 0:
+                break
+            if pid not in self.running:
+                continue
+            task, run, started = self.running.pop(pid)
+            ended += 1
+            log.info("task %s of run %s: %.2f s, exit code %s", task, run,
+                     time.perf_counter() - started, os.waitstatus_to_exitcode(status))
+        return ended
 
 
 def serve(
@@ -106,12 +158,19 @@ def serve(
     auth_secret_file: Path | None = None,
     min_poll: float = 0.02,
     max_poll: float = 0.5,
+    busy_max_poll: float = 0.05,
+    active_window: float = 10.0,
     preload_modules: Sequence[str] = DEFAULT_PRELOAD,
+    task_type: str = "clientapp",
 ) -> int:
-    """Acquire ClientApp tasks from the SuperNode's Runtime API and run each in a forked
-    child, one at a time (a SuperNode hands out one message at a time). Polls every
-    ``min_poll`` s after a task, backing off to ``max_poll``. Returns when its parent
-    (``parent_pid``: the worker, whose SuperNode may be restarted meanwhile) is gone."""
+    """Acquire tasks from a Runtime API and run each in a forked child. ``clientapp``:
+    ClientApp tasks from the SuperNode's, one at a time (a SuperNode hands out one
+    message at a time). ``serverapp``: ServerApp tasks from the SuperLink's, each run's
+    side by side (concurrent runs). Polls every ``min_poll`` s after a task, backing off
+    to ``busy_max_poll`` while the last task is less than ``active_window`` s old (a run's
+    next message is coming), then to ``max_poll``. Returns when its parent
+    (``parent_pid``: the worker, whose SuperNode may be restarted meanwhile, or the
+    coordinator service) is gone."""
     import httpx
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: I001
     from flwr.supercore.constant import TaskType
@@ -138,10 +197,14 @@ def serve(
         server_address=runtime_api_address, insecure=insecure, root_certificates=root_cert,
         interceptors=interceptors,  # no retry invoker: this loop retries, checking the parent
     )
-    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
-    interval = min_poll
+    server = task_type == "serverapp"
+    request = AcquireTaskRequest(
+        supported_task_types=[TaskType.SERVER_APP if server else TaskType.CLIENT_APP])
+    child = _run_server_child if server else _run_child
+    interval, last_task = min_poll, -active_window
     try:
         while parent_pid is None or _alive(parent_pid):
+            children.reap(block=False)
             try:
                 res = client.AcquireTask(request)
             except httpx.HTTPError as exc:
@@ -150,18 +213,16 @@ def serve(
                 continue
             if not (res.HasField("task") and res.token):
                 time.sleep(interval)
-                interval = min(max_poll, interval * 1.5)
+                busy = time.monotonic() - last_task < active_window
+                interval = min(busy_max_poll if busy else max_poll, interval * 1.5)
                 continue
-            started = time.perf_counter()
-            children.pid = os.fork()
-            if children.pid == 0:
-                _run_child(runtime_api_address, res.token, insecure=insecure, root_cert=root_cert)
-            _, status = os.waitpid(children.pid, 0)
-            children.pid = None
-            interval = min_poll
-            log.info("task %s of run %s: %.2f s, exit code %s", res.task.task_id,
-                     res.task.run_id, time.perf_counter() - started,
-                     os.waitstatus_to_exitcode(status))
+            pid = os.fork()
+            if pid == 0:
+                child(runtime_api_address, res.token, insecure=insecure, root_cert=root_cert)
+            children.running[pid] = (res.task.task_id, res.task.run_id, time.perf_counter())
+            if not server:
+                children.reap(block=True)
+            interval, last_task = min_poll, time.monotonic()
     finally:
         client.close()
     log.info("parent %s is gone; stopping", parent_pid)
@@ -175,16 +236,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root-certificates", default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--superexec-auth-secret-file", type=Path, default=None)
-    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
-                        help="comma-separated modules to import once")
+    parser.add_argument("--task-type", choices=TASK_TYPES, default="clientapp")
+    parser.add_argument("--preload", default=None,
+                        help="comma-separated modules to import once (default: those of "
+                             "the task type's app)")
     args = parser.parse_args(argv)
+    preload_arg = args.preload if args.preload is not None else ",".join(
+        SERVERAPP_PRELOAD if args.task_type == "serverapp" else DEFAULT_PRELOAD)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     return serve(
         args.runtime_api_address, insecure=args.insecure,
         root_certificates=args.root_certificates, parent_pid=args.parent_pid,
         auth_secret_file=args.superexec_auth_secret_file,
-        preload_modules=[m.strip() for m in args.preload.split(",") if m.strip()],
+        preload_modules=[m.strip() for m in preload_arg.split(",") if m.strip()],
+        task_type=args.task_type,
     )
 
 

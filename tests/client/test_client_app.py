@@ -138,3 +138,28 @@ def test_evaluate_reports_shared_and_personal_metrics() -> None:
     assert 0.0 <= metrics["personal-acc"] <= 1.0 and np.isfinite(metrics["personal-loss"])
     # theta + theta_i was trained on this client's data: it fits its validation split better.
     assert metrics["personal-loss"] < metrics["eval-loss"]
+
+
+@pytest.mark.parametrize("how", ["separate", "off"])
+def test_a_train_reply_carries_no_evaluation_unless_folded(how: str) -> None:
+    metrics = train(message(theta(), **{"federated-evaluation": how}), context())
+    assert not any(k.startswith("eval-") for k in metrics.content["metrics"])
+
+
+def test_a_folded_train_reply_carries_what_the_evaluate_reply_says() -> None:
+    """Personal mode, second round: theta and theta + the kept theta_i, before training."""
+    ctx, params = context(), theta()
+    train(message(params, mode="personal", lam=0.1), ctx)  # keeps a theta_i
+    evaluated = evaluate_shared(
+        message(params, kind=MessageType.EVALUATE, mode="personal", lam=0.1), ctx
+    ).content["metrics"]
+    folded = train(message(params, server_round=2, mode="personal", lam=0.1), ctx)
+    metrics = folded.content["metrics"]
+    assert metrics["eval-num-examples"] == evaluated["num-examples"] > 0
+    assert metrics["num-examples"] != metrics["eval-num-examples"]  # train vs validation
+    for key in ("eval-loss", "eval-acc"):
+        assert metrics[key] == pytest.approx(evaluated[key], rel=1e-6)
+    for key in ("personal-acc", "personal-loss"):
+        assert metrics[f"eval-{key}"] == pytest.approx(evaluated[key], rel=1e-6)
+    # the round's own personal metrics are of the offset it has just trained
+    assert metrics["personal-loss"] != pytest.approx(metrics["eval-personal-loss"])

@@ -116,3 +116,24 @@ def test_resume_without_a_usable_checkpoint_marks_the_run_failed(tmp_path: Path)
     assert run.status == "failed"
     assert "no usable checkpoint" in run.error and str(gone) in run.error
     assert any("no usable checkpoint" in m for m in events)
+
+
+def test_a_resume_through_flower_keeps_the_stored_rounds_unless_given(tmp_path: Path) -> None:
+    """Flower's run_config holds pyproject's num-server-rounds (5) whether or not the user
+    gave it; only the keys of the user's --run-config override the stored config."""
+    from coordinator.config import resume_overrides
+    from coordinator.runs import RESUME_OVERRIDABLE
+    from coordinator.server_app import run_config_of
+
+    _store(tmp_path, rounds=8)
+    fused = {**parse_run_config({}).as_run_config(), "resume-run": "latest",
+             "out-dir": str(tmp_path)}
+    stored = _resumed(tmp_path)[1].as_run_config()
+    kept = run_config_of(fused, overridden={"resume-run", "out-dir"})
+    assert "num-server-rounds" not in resume_overrides(stored, kept, RESUME_OVERRIDABLE)
+    given = run_config_of({**fused, "num-server-rounds": 12},
+                          overridden={"resume-run", "num-server-rounds"})
+    assert resume_overrides(stored, given, RESUME_OVERRIDABLE)["num-server-rounds"] == (8, 12)
+    # a new run takes the whole run_config, pyproject's defaults included
+    new = run_config_of({**fused, "resume-run": ""}, overridden=set())
+    assert new.num_server_rounds == 5 and new.out_dir == str(tmp_path)

@@ -52,6 +52,13 @@ def _rounds(db_url: str) -> dict[str, list[float]]:
     return out
 
 
+def _toml(value: object) -> str:
+    """A run-config value as `--run-config` reads it (strings quoted, booleans lower)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
 def _utc(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -145,7 +152,7 @@ def deployment(root: Path, isolation: str, poll: str = "", idle_s: float = IDLE_
             cluster.wait_worker(w, timeout=300)
         ready_s = time.perf_counter() - t0
         idle = idle_cpu_percent(workers[0].popen.pid, idle_s)  # connected, no run yet
-        overrides = " ".join(f"{k}={v}" for k, v in RUN_CONFIG.items())
+        overrides = " ".join(f"{k}={_toml(v)}" for k, v in RUN_CONFIG.items())
         t0, t_submit = time.perf_counter(), time.time()
         submit = cluster.submit("--insecure", "-c", f'{overrides} out-dir="{cluster.out_dir}"',
                                 timeout=1200)

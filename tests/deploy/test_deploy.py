@@ -71,7 +71,10 @@ def test_two_workers_three_rounds_through_the_deployment_engine(cluster: LocalCl
         this = [u for u in run.updates if u.round_number == r]
         assert {u.node_id for u in this} == nodes and all(u.accepted for u in this)
         assert {u.partition_id for u in this} == {0, 1}
-    assert len(run.federated) == 3  # both workers evaluated theta each round
+    # both workers evaluated theta_0..theta_3, folded into the train replies of rounds 1-3
+    # and, for the last theta, one evaluate exchange
+    assert sorted(e.round_number for e in run.federated) == [0, 1, 2, 3]
+    assert all(len(e.metrics["clients"]) == 2 for e in run.federated)
     assert run.central[3] > run.central[0], run.central
     with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=10) as page:
         assert page.status == 200  # the coordinator serves the dashboard over the same store

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from fedmerge.certs import make_certs
 from fedmerge.cli import app
 from fedmerge.deploy.procs import DEPLOY_ENV, ServiceError, split_address
-from fedmerge.deploy.service import CoordinatorOptions, TlsFiles, check_options, superlink_argv
+from fedmerge.deploy.service import (
+    CoordinatorOptions,
+    TlsFiles,
+    check_options,
+    serverapp_executor_argv,
+    superlink_argv,
+)
 from fedmerge.deploy.submit import RunStatus, write_connection
 from fedmerge.deploy.worker import WorkerOptions, device_env, node_config, supernode_argv
 
@@ -50,6 +56,29 @@ def test_superlink_command_line(tmp_path: Path) -> None:
     assert "--disable-runtime-dependency-installation" in argv
     plain = superlink_argv(CoordinatorOptions(out_dir=tmp_path, insecure=True))
     assert "--insecure" in plain and "--enable-supernode-auth" not in plain
+
+
+def test_the_serverapp_runs_warm_unless_asked_otherwise(tmp_path: Path) -> None:
+    """Warm: the SuperLink in process isolation with the shared secret, and the executor
+    asks it for ServerApp tasks on loopback with the same secret (and the CA under TLS)."""
+    make_certs(tmp_path / "c", nodes=0)
+    tls = CoordinatorOptions(out_dir=tmp_path, tls=TlsFiles.from_dir(tmp_path / "c"), port=9)
+    secret = str(tmp_path / "superlink" / "superexec.secret")
+    argv = superlink_argv(tls)
+    assert argv[argv.index("--isolation") + 1] == "process"
+    assert argv[argv.index("--superexec-auth-secret-file") + 1] == secret
+    executor = serverapp_executor_argv(tls)
+    assert executor[executor.index("--task-type") + 1] == "serverapp"
+    assert executor[executor.index("--runtime-api-address") + 1] == "127.0.0.1:9"
+    assert executor[executor.index("--superexec-auth-secret-file") + 1] == secret
+    assert executor[executor.index("--root-certificates") + 1].endswith("ca.pem")
+    assert "--insecure" not in executor
+    plain = CoordinatorOptions(out_dir=tmp_path, insecure=True, host="0.0.0.0")
+    assert "--insecure" in serverapp_executor_argv(plain)
+    assert "127.0.0.1:8000" in serverapp_executor_argv(plain)
+    flower = superlink_argv(CoordinatorOptions(out_dir=tmp_path, insecure=True,
+                                               isolation="subprocess"))
+    assert "--isolation" not in flower and "--superexec-auth-secret-file" not in flower
 
 
 def test_worker_node_config_parses_as_flower_reads_it(tmp_path: Path) -> None:
@@ -175,7 +204,7 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
 
     slept.clear()
     monkeypatch.setattr(loop, "time", time)
-    assert supernode.cap_supernode_sleeps(0.2, idle_cap=1.0)
+    assert supernode.cap_supernode_sleeps(0.2, idle_cap=1.0, active_window=0.0)
     for _ in range(6):  # no message for a while: backs off to the idle cap
         loop.time.sleep(3)
     loop.time.sleep(0.5)  # waiting for a reply: activity
@@ -185,3 +214,28 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
     monkeypatch.setattr(loop, "time", object())  # a Flower whose loop changed
     with pytest.warns(UserWarning, match="keeping its own poll interval"):
         assert not supernode.cap_supernode_sleeps(0.2)
+
+
+def test_a_node_does_not_back_off_within_the_active_window() -> None:
+    """Between a run's rounds (a message less than active_window seconds ago) the node
+    polls every cap seconds; once the window has passed it backs off as before."""
+    import time
+
+    from fedmerge.deploy.supernode import CappedSleep
+
+    now = [100.0]
+    slept: list[float] = []
+    capped = CappedSleep(0.2, 1.0, active_window=10.0, clock=lambda: now[0])
+    real_sleep, time.sleep = time.sleep, slept.append
+    try:
+        capped.sleep(3)  # never active yet: an idle worker backs off at once
+        capped.sleep(0.5)  # a message: waiting for the ClientApp's reply
+        for _ in range(4):  # the next round within the window
+            now[0] += 2.0
+            capped.sleep(3)
+        now[0] += 10.0  # the run is over
+        capped.sleep(3)
+        capped.sleep(3)
+    finally:
+        time.sleep = real_sleep
+    assert slept == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3])

@@ -128,3 +128,40 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_redone(
     with sessions() as s:
         rounds = [(r.number, r.status) for r in repo.rounds_of(s, run_id)]
     assert rounds == [(1, "committed")]
+
+
+def test_a_run_whose_commit_gave_up_still_ends_failed_with_the_reason(
+    sessions: sessionmaker[Session], pauses: list[float]
+) -> None:
+    """The database away for longer than a commit's retries (about 24 s): the round's
+    commit gives up, and the run's end, retried longer, marks it failed and resumable,
+    with the reason, once the database is back, and no round stays 'running'."""
+    from coordinator.journal import RunJournal
+
+    run_id = _run(sessions)
+    journal = RunJournal(sessions, run_id)
+    journal.open_round(1, T0)
+    engine = sessions.kw["bind"]
+    down = {"begins": 0}
+
+    def database_away(conn) -> None:  # the commit's 8 attempts and the end's first 10
+        down["begins"] += 1
+        if down["begins"] <= 18:
+            raise lost_connection()
+
+    event.listen(engine, "begin", database_away)
+    try:
+        record = RoundRecord(1, T0, T0, 0.0, 0.0, 0.0, 0.0, {}, None, None, (), ())
+        with pytest.raises(StoreUnavailable) as gave_up:
+            journal.commit(record)
+        journal.finish("failed", error=f"StoreUnavailable: {gave_up.value}")
+    finally:
+        event.remove(engine, "begin", database_away)
+    assert down["begins"] == 19 and sum(pauses) > 2 * 24  # the end waited past 24 s
+    with sessions() as s:
+        run = repo.get_run(s, run_id)
+        rounds = repo.rounds_of(s, run_id)
+        resumable = repo.latest_unfinished_run(s)
+    assert run.status == "failed" and "round 1 commit failed 8 times" in run.error
+    assert [(r.number, r.status) for r in rounds] == [(1, "aborted")]
+    assert resumable is not None and resumable.id == run_id
