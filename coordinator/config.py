@@ -215,8 +215,11 @@ class MergeConfig(BaseModel):
     @property
     def client_evaluation(self) -> str:
         """How the clients evaluate theta: ``federated-evaluation``, or "off" when
-        ``fraction-evaluate`` is 0 (no client is asked)."""
-        return "off" if self.fraction_evaluate == 0 else self.federated_evaluation
+        ``fraction-evaluate`` is 0 (no client is asked) or the merge is async (the
+        buffered loop records no client evaluation: its nodes are busy training)."""
+        if self.fraction_evaluate == 0 or self.merge == "async":
+            return "off"
+        return self.federated_evaluation
 
     @property
     def gradient_scale(self) -> float:
