@@ -26,6 +26,7 @@ from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
 from coordinator.evaluation import weighted_means
 from coordinator.grid import Reply
+from coordinator.payloads import payload_bytes
 from coordinator.replies import ReplyValidator, UpdateRejected
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class MergeReport:
     train_metrics: dict[str, float]
     diagnostics: dict[str, object]
     stepped: bool = True  # whether the optimizer stepped theta this round
+    bytes_up: int = 0  # tensor bytes of the round's train replies, rejected ones included
 
     @property
     def accepted(self) -> int:
@@ -65,6 +67,7 @@ class _Outcomes:
     def __init__(self, number: int) -> None:
         self.number = number
         self.by_node: dict[str, ClientOutcome] = {}
+        self.bytes_up = 0
 
     def add(self, outcome: ClientOutcome) -> None:
         self.by_node[outcome.node_id] = outcome
@@ -144,7 +147,8 @@ class Merge:
         if self.privacy is not None:  # user-level DP: epsilon spent after this round
             metrics[DP_EPSILON] = self.privacy.epsilon(number)
         report = MergeReport(number, clients, merge_s, clock.wait_s, metrics,
-                             result.diagnostics, stepped=bool(result.offset))
+                             result.diagnostics, stepped=bool(result.offset),
+                             bytes_up=outcomes.bytes_up)
         log(INFO, "round %s: merged %s of %s updates in %.1f ms (%s)", number,
             report.accepted, len(clients), 1e3 * merge_s, type(self.combiner).__name__)
         return state, report
@@ -154,6 +158,7 @@ class Merge:
     ) -> Iterator[ClientUpdate]:
         """The accepted updates, one at a time as they arrive; no tensor is kept here."""
         for r in replies:
+            outcomes.bytes_up += payload_bytes(r.message)
             try:
                 d = self.validator.check(r.node_id, r.message, template)
             except UpdateRejected as exc:

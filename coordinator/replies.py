@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from aggregation import ClientUpdate, Params
 from aggregation.combiners import update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
+from coordinator.low_rank import LowRankError, LowRankReplies
 from coordinator.payloads import PayloadError, tensor_view
 
 PARTITION_ID = "partition-id"
@@ -57,9 +58,11 @@ class ReplyValidator:
     ``full_only``: the combiner needs every tensor of the model from each client (Krum's
     distances are over the whole model), so a partial update is rejected here."""
 
-    def __init__(self, limits: UpdateLimits | None = None, *, full_only: bool = False) -> None:
+    def __init__(self, limits: UpdateLimits | None = None, *, full_only: bool = False,
+                 low_rank: LowRankReplies | None = None) -> None:
         self.limits = limits or UpdateLimits()
         self.full_only = full_only
+        self.low_rank = low_rank  # replies send factors; their offset is computed here
 
     @property
     def needs_whole_round(self) -> bool:
@@ -68,7 +71,7 @@ class ReplyValidator:
 
     def check(self, node_id: str, msg: Message, template: Params) -> DecodedReply:
         """One reply, decoded and checked; raises ``UpdateRejected`` with the reason."""
-        d = decode_reply(msg, template, self.limits, node_id=node_id)
+        d = decode_reply(msg, template, self.limits, node_id=node_id, low_rank=self.low_rank)
         if self.full_only and d.update.offset.keys() != template.keys():
             raise UpdateRejected("partial update: this combiner needs every tensor")
         return d
@@ -97,10 +100,13 @@ def value_problem(norm: float, max_norm: float) -> str | None:
 
 
 def decode_reply(
-    msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None
+    msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None,
+    low_rank: LowRankReplies | None = None,
 ) -> DecodedReply:
     """Validate one reply against the model (``template``) and the limits. ``node_id``:
-    the node the request went to (the grid knows it); by default the reply's sender."""
+    the node the request went to (the grid knows it); by default the reply's sender.
+    ``low_rank``: the reply holds factors (checked against their own template), turned
+    into the offset of theta's tensors before the value checks."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -118,14 +124,22 @@ def decode_reply(
     if examples > limits.max_examples:
         raise UpdateRejected(f"{NUM_EXAMPLES}={raw} exceeds the cap {limits.max_examples}")
 
-    expected = _expected_tensors(content, template)
-    unknown = sorted(set(arrays) - set(template))
+    sent = template if low_rank is None else low_rank.template
+    expected = _expected_tensors(content, sent)
+    unknown = sorted(set(arrays) - set(sent))
     if unknown:
         raise UpdateRejected(f"unknown tensor(s) {unknown}")
     missing = sorted(expected - set(arrays))
     if missing:
         raise UpdateRejected(f"missing tensor(s) {missing}")
-    offset = _checked_tensors(arrays, template, "offset")
+    offset = _checked_tensors(arrays, sent, "offset")
+    if low_rank is not None:
+        if FISHER_KEY in content:
+            raise UpdateRejected("fisher: not with a low-rank update")
+        try:
+            offset = low_rank.offset(offset)
+        except LowRankError as exc:
+            raise UpdateRejected(f"offset: {exc}") from None
 
     fisher = None
     if FISHER_KEY in content:
