@@ -17,15 +17,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def check_model_dir(path: Path) -> None:
-    """Cheap checks (no weights read): a directory with a causal LM's config.json."""
+    """Checks that read no weights: a directory with a causal LM's config.json and a
+    tokenizer whose vocabulary fits the model's."""
     if not path.is_dir():
         raise ValueError(f"model directory {path} does not exist")
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} has no config.json: not a directory save_pretrained wrote")
-    _causal_lm_class(path)
+    config = _causal_lm_config(path)
+    tokenizer = load_tokenizer(path)
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None:
+        check_vocabulary(path, tokenizer, int(rows))
 
 
-def _causal_lm_class(path: Path) -> type:
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: its tokenizer does not load ({exc})") from None
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{path}: the tokenizer has no eos token (documents are separated "
+                         "by it)")
+    return tokenizer
+
+
+def check_vocabulary(path: Path, tokenizer: Any, rows: int) -> None:
+    if len(tokenizer) > rows:
+        raise ValueError(f"{path}: the tokenizer's vocabulary ({len(tokenizer)} tokens) does "
+                         f"not match the model's ({rows} embedding rows): a tokenizer of "
+                         "another model?")
+
+
+def _causal_lm_config(path: Path) -> Any:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -33,36 +58,25 @@ def _causal_lm_class(path: Path) -> type:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}/config.json does not load: {exc}") from None
-    try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    except KeyError:
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return config
         raise ValueError(f"{path} is not a causal language model: its config is "
                          f"{type(config).__name__} (model_type {config.model_type!r}), which "
-                         "AutoModelForCausalLM does not load") from None
+                         "AutoModelForCausalLM does not load")
 
 
 def load_model(path: Path) -> tuple[nn.Module, Any]:
     """(model in float32 on the CPU, in eval mode; its tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     try:
         check_model_dir(path)
-    except ValueError as exc:
-        raise TaskError(str(exc)) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                     dtype=torch.float32)
+        check_vocabulary(path, tokenizer, model.get_input_embeddings().weight.shape[0])
     except (OSError, ValueError) as exc:
-        raise TaskError(f"{path}: its tokenizer does not load ({exc})") from None
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                 dtype=torch.float32)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise TaskError(f"{path}: the tokenizer's vocabulary ({len(tokenizer)} tokens) does not "
-                        f"match the model's embedding ({rows} rows): a tokenizer of another "
-                        "model?")
-    if tokenizer.eos_token_id is None:
-        raise TaskError(f"{path}: the tokenizer has no eos token (documents are separated "
-                        "by it)")
+        raise TaskError(str(exc)) from None
     return model.eval(), tokenizer
