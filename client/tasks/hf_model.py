@@ -60,9 +60,9 @@ def _causal_lm_config(path: Path) -> Any:
         raise ValueError(f"{path}/config.json does not load: {exc}") from None
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
         return config
-        raise ValueError(f"{path} is not a causal language model: its config is "
-                         f"{type(config).__name__} (model_type {config.model_type!r}), which "
-                         "AutoModelForCausalLM does not load")
+    raise ValueError(f"{path} is not a causal language model: its config is "
+                     f"{type(config).__name__} (model_type {config.model_type!r}), which "
+                     "AutoModelForCausalLM does not load")
 
 
 def load_model(path: Path) -> tuple[nn.Module, Any]:
