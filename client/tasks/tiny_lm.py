@@ -39,7 +39,8 @@ class TinyLMSpec:
     intermediate: int = 128
     context: int = 128
     pretrain_steps: int = 150
-    pretrain_batch: int = 16
+    pretrain_batch: int = 8
+    pretrain_window: int = 64  # tokens per pretraining window (<= context)
     pretrain_lr: float = 3e-3
     seed: int = 0
 
@@ -80,11 +81,16 @@ def build_tiny_model(spec: TinyLMSpec, text: str, dest: Path) -> Path:
         num_key_value_heads=spec.heads, max_position_embeddings=spec.context,
         tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = LlamaForCausalLM(config)
-        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
-        _pretrain(model, ids, spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its matrices are too small for threads to pay
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = LlamaForCausalLM(config)
+            ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+            _pretrain(model, ids, spec)
+    finally:
+        torch.set_num_threads(threads)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -109,7 +115,7 @@ def train_tokenizer(text: str, vocab_size: int):
 
 
 def _pretrain(model: torch.nn.Module, ids: torch.Tensor, spec: TinyLMSpec) -> None:
-    span = spec.context
+    span = min(spec.pretrain_window, spec.context)
     if len(ids) <= span + 1:
         raise ValueError(f"pretraining text has {len(ids)} tokens, fewer than one window "
                          f"of {span + 1}")
@@ -134,3 +140,7 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":  # python -m client.tasks.tiny_lm: build (once) and say where
+    print(tiny_model_dir())

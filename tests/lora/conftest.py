@@ -25,7 +25,7 @@ from tests.utils.grids import ScriptedGrid
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = TinyLMSpec(vocab_size=300, hidden=32, layers=2, heads=2, intermediate=64, context=32,
-                  pretrain_steps=60, pretrain_batch=8)
+                  pretrain_window=32, pretrain_steps=60, pretrain_batch=8)
 SETTINGS = {"rank": 4, "alpha": 8.0, "max-seq-len": 32, "max-train-chunks": 16,
             "max-val-chunks": 4, "central-chunks-per-role": 4}
 
