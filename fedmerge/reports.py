@@ -84,6 +84,8 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
             "round_s": (None if r.finished_at is None
                         else (r.finished_at - r.started_at).total_seconds()),  # wall clock
             "dp_epsilon": (r.metrics or {}).get(DP_EPSILON),  # user-level DP spent so far
+            "bytes_down": (r.metrics or {}).get("bytes-down"),  # tensor bytes of the requests
+            "bytes_up": (r.metrics or {}).get("bytes-up"),  # ... and of the replies
         }
         row.update(evals.get(r.number, {}))
         rows.append(row)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sized
 from functools import cached_property
 from pathlib import Path
@@ -105,7 +106,9 @@ class CausalLMTask(Task):
         config = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
                             target_modules=list(s.target_modules), bias="none")
         try:
-            return get_peft_model(copy.deepcopy(self._base[0]), config)
+            with warnings.catch_warnings():  # peft calls an API transformers 5 deprecates
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                return get_peft_model(copy.deepcopy(self._base[0]), config)
         except ValueError as exc:  # a target module the model does not have
             raise TaskError(f"task {self.ref}: task-config.target-modules "
                             f"{list(s.target_modules)}: {exc}") from None

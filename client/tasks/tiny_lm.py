@@ -72,7 +72,9 @@ def tiny_model_dir(spec: TinyLMSpec | None = None, root: Path | None = None,
 def build_tiny_model(spec: TinyLMSpec, text: str, dest: Path) -> Path:
     """Train the tokenizer, initialise the model, pretrain it briefly, save both."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     tokenizer = train_tokenizer(text, spec.vocab_size)
     eos = tokenizer.convert_tokens_to_ids(EOS)
     config = LlamaConfig(

@@ -100,8 +100,8 @@ def federate(tmp: Path, model: Path, *, tamper: Callable[[int, Message], Message
     contexts = {
         node: Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
                       node_config=({"partition-id": node - 1, "num-partitions": 3}
-                                   if node <= 3 else {"data-dir": str(data_dir_node(
-                                       tmp / "node4"))}))
+                                   if node <= 3 else {"partition-id": 3, "data-dir": str(
+                                       data_dir_node(tmp / "node4"))}))
         for node in (1, 2, 3, 4)
     }
     seen = Federation(result=None)  # type: ignore[arg-type]

