@@ -127,3 +127,18 @@ def test_a_wrong_rank_adapter_is_rejected_in_a_round_that_goes_on(
     rejected = [u for u in updates if not u.accepted]
     assert len(updates) == 4 and len(rejected) == 1
     assert rejected[0].node_id == "2" and "shape (2," in (rejected[0].reason or "")
+
+
+def test_a_workers_text_files_become_windows_and_a_missing_train_file_is_named(
+    tiny_model, tmp_path
+) -> None:
+    task = load_task("causal-lm", task_config(tiny_model))
+    with pytest.raises(DataError, match="neither train.txt nor train.jsonl"):
+        task.read_data_dir(tmp_path, 0)
+    (tmp_path / "train.txt").write_text(PRETRAIN_TEXT.read_text())
+    splits = task.read_data_dir(tmp_path, 0)  # no val file: the last tenth validates
+    assert len(splits.val) >= 1 and len(splits.train) >= 9 * len(splits.val) - 9
+    assert splits.train.ids.shape[1] == splits.val.ids.shape[1] == 32
+    (tmp_path / "train.txt").write_text("too short")
+    with pytest.raises(DataError, match="too little to split off"):
+        task.read_data_dir(tmp_path, 0)
