@@ -51,6 +51,19 @@ def _trainable(context: Context, theta: dict[str, torch.Tensor]) -> list[str] | 
     return chosen
 
 
+def _low_rank_factors(task: Task, model: torch.nn.Module,
+                      trainable: list[str] | None) -> list[str] | None:
+    """The factors a node trains and sends instead of theta's tensors, for a task whose
+    offset travels in low-rank form (LoRA's A and B); None for any other task."""
+    layout = task.low_rank_update(model)
+    if layout is None:
+        return None
+    if trainable is not None:
+        raise TaskError(f"task {task.ref}: node config train-tensors does not apply to a "
+                        "low-rank update (its factors always travel whole)")
+    return [name for f in layout.values() for name in (f.a, f.b)]
+
+
 def _stored_offset(context: Context) -> dict[str, torch.Tensor] | None:
     if OFFSET_STATE_KEY not in context.state:
         return None
@@ -99,6 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     model = task.place(model, device)
     personal = run.mode == "personal"
     trainable = _trainable(context, theta)
+    sent = _low_rank_factors(task, model, trainable)
 
     metrics: dict[str, float | int] = {}
     shared = _measure(task, load_params(model, theta), data.val, device, "eval")
@@ -115,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal=run.proximal_coefficient, device=device,
         seed=int(np.random.SeedSequence([run.seed, pid, server_round]).generate_state(1)[0]),
         warm_offset=_stored_offset(context) if personal else None,
-        trainable=trainable,
+        trainable=sent or trainable,
     )
     slept = pause(context.node_config, result.seconds)  # node config slowdown: testing aid
     if personal:

@@ -84,7 +84,8 @@ def fit_offset(
 ) -> TrainResult:
     """Train ``model`` from theta (+ ``warm_offset``) on the task's batches of ``split``;
     only the ``trainable`` tensors move (every tensor of theta when None) and only they
-    are in the returned offset."""
+    are in the returned offset. A trainable tensor that is not in theta (a low-rank
+    factor, ``Task.low_rank_update``) is returned as its trained value."""
     t0 = time.perf_counter()
     model = task.place(model, device)
     model.train()
@@ -93,6 +94,8 @@ def fit_offset(
     load_params(model, anchor, warm)
     wanted = set(trainable if trainable is not None else theta)
     named = [(n, p) for n, p in model.named_parameters() if n in wanted]
+    for n, p in named:  # a trained tensor outside theta (a low-rank factor): sent as itself
+        anchor.setdefault(n, torch.zeros_like(p))
     for _, p in model.named_parameters():
         p.requires_grad_(False)
     for _, p in named:

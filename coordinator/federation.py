@@ -22,6 +22,7 @@ from coordinator.config import MergeConfig
 from coordinator.evaluation import CentralEvaluation
 from coordinator.grid import StreamingGrid
 from coordinator.journal import RunJournal
+from coordinator.low_rank import low_rank_replies
 from coordinator.merge import Merge
 from coordinator.privacy import dp_combiner, plan_of
 from coordinator.replies import ReplyValidator, UpdateLimits
@@ -96,7 +97,8 @@ def build_merge(cfg: MergeConfig) -> Merge:
         server_update=server_update(cfg) if cfg.combiner == "fltrust" else None)
     limits = UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm,
                           max_norm_ratio=cfg.max_norm_ratio)
-    validator = ReplyValidator(limits, full_only=combiner.full_updates_only)
+    validator = ReplyValidator(limits, full_only=combiner.full_updates_only,
+                               low_rank=low_rank_replies(cfg.task, cfg.task_config, cfg.seed))
     return Merge(validator, combiner, server_optimizer(cfg), cfg.gradient_scale,
                  privacy=plan_of(cfg), threads=cfg.merge_threads)
 

@@ -32,6 +32,7 @@ from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
 from coordinator.evaluation import weighted_means
 from coordinator.grid import Reply
+from coordinator.payloads import payload_bytes
 from coordinator.replies import ReplyValidator, UpdateRejected
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class MergeReport:
     train_metrics: dict[str, float]
     diagnostics: dict[str, object]
     stepped: bool = True  # whether the optimizer stepped theta this round
+    bytes_up: int = 0  # tensor bytes of the round's train replies, rejected ones included
 
     @property
     def accepted(self) -> int:
@@ -74,11 +76,19 @@ class _Outcomes:
     def __init__(self, number: int) -> None:
         self.number = number
         self.by_node: dict[str, ClientOutcome] = {}
+        self.bytes_up = 0
 
     def add(self, outcome: ClientOutcome, *, quiet: bool = False) -> None:
         self.by_node[outcome.node_id] = outcome
         if not outcome.accepted and not quiet:
             self._log(outcome.node_id, outcome.reason or "")
+
+    def counted(self, replies: Iterable[Reply]) -> Iterator[Reply]:
+        """The replies, their tensor bytes added to ``bytes_up`` as they pass."""
+        for r in replies:
+            self.bytes_up += payload_bytes(r.message)
+            yield r
+            del r  # not held while the next one is awaited
 
     def reject(self, node: str, reason: str, *, quiet: bool = False) -> None:
         """An accepted update turned out not to be merged after all (``quiet``: the
@@ -146,14 +156,15 @@ class Merge:
         outcomes = _Outcomes(number)
         clock = _Clock()
         t_start = time.perf_counter()
-        updates = self._validated(clock.timed(replies), template, outcomes)
+        incoming = outcomes.counted(clock.timed(replies))
+        updates = self._validated(incoming, template, outcomes)
         if scales:
             updates = (_scaled(u, scales.get(u.client_id, 1.0)) for u in updates)
         # per-reply factors (staleness) are applied on the two-pass path
         single = self._checked is not None and not scales
         try:
             if single:
-                result = self._single_pass(clock.timed(replies), template, outcomes)
+                result = self._single_pass(incoming, template, outcomes)
             elif self.holds_every_offset:
                 held = list(updates)  # O(K x P): said in docs and log
                 verdicts = self.validator.screen({u.client_id: u.norm or 0.0 for u in held})
@@ -192,7 +203,8 @@ class Merge:
         if self.privacy is not None:  # user-level DP: epsilon spent after this round
             metrics[DP_EPSILON] = self.privacy.epsilon(number)
         report = MergeReport(number, clients, merge_s, clock.wait_s, metrics,
-                             result.diagnostics, stepped=bool(result.offset))
+                             result.diagnostics, stepped=bool(result.offset),
+                             bytes_up=outcomes.bytes_up)
         log(INFO, "round %s: merged %s of %s updates in %.1f ms (%s)", number,
             report.accepted, len(clients), 1e3 * merge_s, type(self.combiner).__name__)
         return state, report

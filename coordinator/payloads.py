@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message
 
 _TORCH_DTYPES = {
     "<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16,
@@ -111,3 +111,11 @@ def tensor_array(tensor: torch.Tensor) -> Array:
 
 def params_record(params: dict[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({k: tensor_array(t) for k, t in params.items()})
+
+
+def payload_bytes(msg: Message) -> int:
+    """The tensor bytes a message carries (every ArrayRecord's payloads, .npy headers
+    included): what crosses the wire for the model, per message. 0 for an error reply."""
+    if msg.has_error():
+        return 0
+    return sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())

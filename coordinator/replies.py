@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from aggregation import ClientUpdate, Params
 from aggregation.combiners import update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
+from coordinator.low_rank import LowRankError, LowRankReplies
 from coordinator.payloads import PayloadError, tensor_view
 
 PARTITION_ID = "partition-id"
@@ -57,9 +58,11 @@ class ReplyValidator:
     ``full_only``: the combiner needs every tensor of the model from each client (Krum's
     distances are over the whole model), so a partial update is rejected here."""
 
-    def __init__(self, limits: UpdateLimits | None = None, *, full_only: bool = False) -> None:
+    def __init__(self, limits: UpdateLimits | None = None, *, full_only: bool = False,
+                 low_rank: LowRankReplies | None = None) -> None:
         self.limits = limits or UpdateLimits()
         self.full_only = full_only
+        self.low_rank = low_rank  # replies send factors; their offset is computed here
 
     @property
     def needs_whole_round(self) -> bool:
@@ -72,7 +75,8 @@ class ReplyValidator:
         """One reply, decoded and checked; raises ``UpdateRejected`` with the reason.
         ``values=False``: the offset's values are left to the caller (its norm is None),
         which checks them with ``judge`` as it reads them (``aggregation/streaming.py``)."""
-        d = decode_reply(msg, template, self.limits, node_id=node_id, values=values)
+        d = decode_reply(msg, template, self.limits, node_id=node_id, values=values,
+                         low_rank=self.low_rank)
         if self.full_only and d.update.offset.keys() != template.keys():
             raise UpdateRejected("partial update: this combiner needs every tensor")
         return d
@@ -107,12 +111,14 @@ def value_problem(norm: float, max_norm: float) -> str | None:
 
 def decode_reply(
     msg: Message, template: Params, limits: UpdateLimits, *, node_id: str | None = None,
-    values: bool = True,
+    values: bool = True, low_rank: LowRankReplies | None = None,
 ) -> DecodedReply:
     """Validate one reply against the model (``template``) and the limits. ``node_id``:
     the node the request went to (the grid knows it); by default the reply's sender.
     ``values=False``: everything but the offset's values (finite, norm bound) is checked;
-    the update's norm is then None."""
+    the update's norm is then None. ``low_rank``: the reply holds factors (checked against
+    their own template), turned into the offset of theta's tensors before the value
+    checks."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -130,14 +136,22 @@ def decode_reply(
     if examples > limits.max_examples:
         raise UpdateRejected(f"{NUM_EXAMPLES}={raw} exceeds the cap {limits.max_examples}")
 
-    expected = _expected_tensors(content, template)
-    unknown = sorted(set(arrays) - set(template))
+    sent = template if low_rank is None else low_rank.template
+    expected = _expected_tensors(content, sent)
+    unknown = sorted(set(arrays) - set(sent))
     if unknown:
         raise UpdateRejected(f"unknown tensor(s) {unknown}")
     missing = sorted(expected - set(arrays))
     if missing:
         raise UpdateRejected(f"missing tensor(s) {missing}")
-    offset = _checked_tensors(arrays, template, "offset")
+    offset = _checked_tensors(arrays, sent, "offset")
+    if low_rank is not None:
+        if FISHER_KEY in content:
+            raise UpdateRejected("fisher: not with a low-rank update")
+        try:
+            offset = low_rank.offset(offset)
+        except LowRankError as exc:
+            raise UpdateRejected(f"offset: {exc}") from None
 
     fisher = None
     if FISHER_KEY in content:

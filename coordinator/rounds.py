@@ -42,9 +42,13 @@ from coordinator.evaluation import federated_records, folded_row, headline_of
 from coordinator.grid import Exchange, ExchangeTiming, Reply, StreamingGrid
 from coordinator.journal import RunJournal
 from coordinator.merge import ClientOutcome, Merge, MergeReport
+from coordinator.payloads import payload_bytes
 from coordinator.replies import reply_metrics
 from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord
 from coordinator.strategy import MergeStrategy
+
+BYTES_DOWN = "bytes-down"  # round metrics: tensor bytes of the train requests (theta)
+BYTES_UP = "bytes-up"  # ... and of the train replies (offsets or factors)
 
 CentralEvaluation = Callable[[Params], EvaluationRecord]
 """theta -> its "central" evaluation on the coordinator's held-out split."""
@@ -90,9 +94,9 @@ class RoundLoop:
         started_at, t0 = datetime.now(UTC), time.perf_counter()
         self.journal.open_round(number, started_at)
 
-        train = self.grid.exchange(
-            self.strategy.train_messages(state, self.train_config, self.grid),
-            timeout=self.timeout)
+        requests = list(self.strategy.train_messages(state, self.train_config, self.grid))
+        bytes_down = sum(payload_bytes(m) for m in requests)
+        train = self.grid.exchange(requests, timeout=self.timeout)
         folded: list[dict[str, float]] = []  # the clients' evaluation of the theta sent
         state, report = self.merge(
             state, _folded_rows(train, folded) if self.evaluation == "folded" else train)
@@ -116,7 +120,8 @@ class RoundLoop:
             wait_s=report.wait_s,
             merge_s=report.merge_s,
             evaluate_s=time.perf_counter() - t_evaluate,
-            metrics={**report.train_metrics, **_diagnostics(report)},
+            metrics={**report.train_metrics, **_diagnostics(report),
+                     BYTES_DOWN: float(bytes_down), BYTES_UP: float(report.bytes_up)},
             checkpoint_path=str(path),
             checkpoint_sha256=digest,
             updates=tuple(update_record(o) for o in report.clients),

@@ -36,8 +36,13 @@ def demo(
     clients: Annotated[int, typer.Option(help="Simulated clients (SuperNodes).")] = 10,
     rounds: Annotated[int, typer.Option(help="Server rounds.")] = 10,
     mode: Annotated[str, typer.Option(help="global | personal")] = "global",
-    optimizer: Annotated[str, typer.Option(help="sgd | momentum | adagrad | adam | yogi")] = "adam",
-    server_lr: Annotated[float, typer.Option(help="Server step size.")] = 0.05,
+    task: Annotated[str, typer.Option(
+        help="digits | causal-lm (LoRA on a tiny local language model, docs/lora.md)")
+    ] = "digits",
+    optimizer: Annotated[str | None, typer.Option(
+        help="sgd | momentum | adagrad | adam | yogi  [default: adam; causal-lm: sgd]")] = None,
+    server_lr: Annotated[float | None, typer.Option(
+        help="Server step size.  [default: 0.05; causal-lm: 1.0]")] = None,
     combiner: Annotated[
         str, typer.Option(help="mean | fisher | median | trimmed-mean | krum | multi-krum | "
                           "bucketed-median | bucketed-trimmed-mean | bucketed-krum | "
@@ -63,17 +68,26 @@ def demo(
         typer.Option("--set", help="Any other run-config key, as key=value (repeatable)."),
     ] = None,
 ) -> None:
-    """Run a simulated federation on scikit-learn's digits with Flower's simulation engine
-    (Ray on 127.0.0.1), merging by gradient steps on the global objective."""
-    from fedmerge.demo import run_demo
+    """Run a simulated federation on scikit-learn's digits (or, with --task causal-lm,
+    LoRA fine-tuning of a tiny language model on Shakespeare roles) with Flower's
+    simulation engine (Ray on 127.0.0.1), merging by gradient steps on the global
+    objective."""
+    from fedmerge.demo import CAUSAL_LM_DEMO, run_demo
 
+    lm = task == "causal-lm"
     overrides = {
         "num-clients": clients, "num-server-rounds": rounds, "mode": mode,
-        "optimizer": optimizer, "server-lr": server_lr, "combiner": combiner,
+        "optimizer": optimizer or ("sgd" if lm else "adam"),
+        "server-lr": server_lr if server_lr is not None else (1.0 if lm else 0.05),
+        "combiner": combiner,
         "partition": partition, "dirichlet-alpha": alpha, "seed": seed,
         **({"task-config": json.dumps({"model": model})} if model != "mlp" else {}),
         "out-dir": str(_out(out_dir)), "db": db,
     }
+    if lm:  # the task, and local training that suits LoRA, unless --set says otherwise
+        overrides.update(CAUSAL_LM_DEMO)
+    elif task != "digits":
+        raise typer.BadParameter(f"--task {task!r}: digits or causal-lm")
     if dp != "off":  # the demo's clip and noise, unless --set says otherwise
         from coordinator.privacy import DEMO_SETTINGS
 

@@ -30,6 +30,11 @@ from dashboard.server import served_url, start_in_background
 
 console = Console()
 
+# `fedmerge demo --task causal-lm`: the tiny model (built on first use), LoRA rank 8 on
+# q_proj and v_proj, the exact merge; AdamW on the adapters, two epochs a round.
+CAUSAL_LM_DEMO = {"task": "causal-lm", "task-config": "", "local-lr": 0.02,
+                  "local-epochs": 2, "batch-size": 8, "partition": "iid"}
+
 
 def run_demo(
     overrides: dict[str, Any], *, dashboard_port: int | None, keep_dashboard: bool = False
@@ -56,8 +61,11 @@ def run_demo(
     )
     task = progress.add_task("starting Ray and the clients", total=cfg.num_server_rounds)
 
+    last: dict[str, float | None] = {}
+
     def on_commit(rec: RoundRecord) -> None:
         ev = {e.kind: e for e in rec.evaluations}
+        last["central"] = _central(ev)
         ok = sum(u.accepted for u in rec.updates)
         table.add_row(
             str(rec.number), str(ok), str(len(rec.updates) - ok),
@@ -69,9 +77,11 @@ def run_demo(
         progress.update(task, completed=rec.number, description="rounds")
 
     console.print(
-        f"[bold]fedmerge demo[/bold]: {cfg.num_clients} clients, digits ({cfg.partition}"
-        f"{f' alpha={cfg.dirichlet_alpha}' if cfg.partition == 'dirichlet' else ''}), "
-        f"mode {cfg.mode}, optimizer {cfg.optimizer} (lr {cfg.server_lr}), combiner "
+        f"[bold]fedmerge demo[/bold]: {cfg.num_clients} clients, "
+        + (f"{cfg.task} (Shakespeare roles), " if cfg.task != "digits" else
+           f"digits ({cfg.partition}"
+           f"{f' alpha={cfg.dirichlet_alpha}' if cfg.partition == 'dirichlet' else ''}), ")
+        + f"mode {cfg.mode}, optimizer {cfg.optimizer} (lr {cfg.server_lr}), combiner "
         f"{cfg.combiner}, {cfg.num_server_rounds} rounds"
         + ("" if plan is None else
            f", user-level DP (clip {cfg.dp_clip}, noise multiplier {cfg.dp_noise_multiplier},"
@@ -89,7 +99,8 @@ def run_demo(
         if server and not keep_dashboard:
             server.should_exit = True
     console.print(
-        f"\nfinal central accuracy [bold]{_fmt(result.central_accuracy)}[/bold] after "
+        f"\nfinal central {headline} "
+        f"[bold]{_fmt(last.get('central', result.central_accuracy))}[/bold] after "
         f"{result.rounds} rounds (run {result.run_id})\n"
         f"database: {result.db_url}\ncheckpoints: {cfg.out_path / 'checkpoints' / result.run_id}\n"
         f"next: fedmerge show {result.run_id[:8]} --out-dir {cfg.out_path}\n"

@@ -84,6 +84,8 @@ def history(s: Session, run_id: str) -> list[dict[str, object]]:
             "round_s": (None if r.finished_at is None
                         else (r.finished_at - r.started_at).total_seconds()),  # wall clock
             "dp_epsilon": (r.metrics or {}).get(DP_EPSILON),  # user-level DP spent so far
+            "bytes_down": (r.metrics or {}).get("bytes-down"),  # tensor bytes of the requests
+            "bytes_up": (r.metrics or {}).get("bytes-up"),  # ... and of the replies
         }
         row.update(evals.get(r.number, {}))
         rows.append(row)
@@ -135,6 +137,7 @@ def export_run(db: str | None, out_dir: Path, run: str, dest: Path) -> list[Path
         model = dest / f"{stem}-model.safetensors"
         save_file(ck.params, str(model), metadata={"run": r.id, "round": str(last.number)})
         written.append(model)
+        written += task_export(config, ck.params, dest / stem)
     csv_path = dest / f"{stem}-history.csv"
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "round", k))
     with csv_path.open("w", newline="") as f:
@@ -144,6 +147,20 @@ def export_run(db: str | None, out_dir: Path, run: str, dest: Path) -> list[Path
     json_path = dest / f"{stem}-history.json"
     json_path.write_text(json.dumps({"run": r.id, "config": config, "rounds": rows}, indent=1))
     return [*written, csv_path, json_path]
+
+
+def task_export(config: dict, params: dict, directory: Path) -> list[Path]:
+    """What the run's task writes in its own format (a language model's merged model
+    directory, its PEFT adapter), from the final theta; nothing for a task without one."""
+    from client.tasks.api import Task
+    from client.tasks.registry import load_task, resolve
+    from client.tasks.runtime import build_model
+
+    name = str(config.get("task", "digits"))
+    if resolve(name).export is Task.export:
+        return []
+    task = load_task(name, str(config.get("task-config", "")))
+    return task.export(params, build_model(task, int(config.get("seed", 0))), directory)
 
 
 def _f(x: object, digits: int = 4) -> str:

@@ -5,6 +5,7 @@ from client.tasks.api import (
     Arrays,
     Batch,
     DataError,
+    LowRank,
     NodeData,
     NoSettings,
     PartitionRequest,
@@ -15,6 +16,6 @@ from client.tasks.api import (
 from client.tasks.registry import BUILTIN, load_task, resolve
 
 __all__ = [
-    "BUILTIN", "Arrays", "Batch", "DataError", "NoSettings", "NodeData", "PartitionRequest",
-    "Splits", "Task", "TaskError", "load_task", "resolve",
+    "BUILTIN", "Arrays", "Batch", "DataError", "LowRank", "NoSettings", "NodeData",
+    "PartitionRequest", "Splits", "Task", "TaskError", "load_task", "resolve",
 ]

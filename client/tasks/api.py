@@ -73,6 +73,19 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class LowRank:
+    """How one tensor of theta travels up when a task factorises its offset: the node
+    trains and sends the factors ``a`` (r x d_in) and ``b`` (d_out x r), parameters of its
+    model outside theta, and the coordinator turns them into the offset
+    ``scale * b @ a`` (transposed when the weight is stored (d_in, d_out)). LoRA's form."""
+
+    a: str
+    b: str
+    scale: float
+    transposed: bool = False
+
+
+@dataclass(frozen=True)
 class PartitionRequest:
     """Which part of a data set the task knows a simulated node holds (from the node
     config's ``partition-id`` / ``num-partitions`` and the run's partition keys)."""
@@ -128,6 +141,18 @@ class Task:
             raise TaskError(f"task {self.ref}: train_tensors {list(self.train_tensors)} "
                             f"match no parameter of the model ({names[:8]}...)")
         return chosen
+
+    def low_rank_update(self, model: nn.Module) -> dict[str, LowRank] | None:
+        """theta tensor name -> its factors, for a task whose nodes send a low-rank
+        factorisation of their offset instead of the offset itself (only the factors
+        travel up; the coordinator merges their products exactly); None: the offset
+        itself travels, tensor by tensor."""
+        return None
+
+    def export(self, theta: dict[str, Tensor], model: nn.Module, directory: Path) -> list[Path]:
+        """Write theta in the task's own format under ``directory`` (``model`` is the
+        task's model, built under the run's seed); the paths written. Default: none."""
+        return []
 
     # --- the local step ----------------------------------------------------------------
     def place(self, model: nn.Module, device: torch.device) -> nn.Module:

@@ -19,6 +19,7 @@ from client.tasks.api import Task, TaskError
 BUILTIN = {
     "digits": "client.tasks.digits:DigitsTask",
     "shakespeare": "client.tasks.shakespeare:ShakespeareTask",
+    "causal-lm": "client.tasks.causal_lm:CausalLMTask",
 }
 
 

