@@ -219,6 +219,9 @@ class Merge:
         acc.reset(template)
         model_bytes = sum(t.numel() * t.element_size() for t in template.values())
         size = max(1, min(self.group_max, self.group_bytes // max(model_bytes, 1)))
+        if self.validator.low_rank is not None:
+            size = 1  # each dense offset s B A is made here: hold one, not a group
+
         group: list[ClientUpdate] = []
         metrics: list[dict[str, float]] = []
 
