@@ -262,8 +262,9 @@ def yogi(
         return portable
 
     def rewrite_v(g: Tensor, v: Tensor, scratch: Tensor) -> None:
-        torch.mul(g, g, out=scratch)
-        torch.sub(v, scratch, out=scratch).sign_().add_(1.0).mul_(g)  # (1 + sign) Delta
+        # five passes over the block: sign(v - Delta^2), (1 + sign) Delta, v', v' / b2
+        torch.addcmul(v, g, g, value=-1.0, out=scratch).sign_()
+        torch.addcmul(g, scratch, g, out=scratch)  # Delta + sign Delta, exact
         v.addcmul_(scratch, g, value=-(1.0 - beta2)).div_(beta2)
 
     return _on_fused_adam(portable, lr=lr, beta1=beta1, beta2=beta2, tau=tau,

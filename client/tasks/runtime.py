@@ -104,7 +104,11 @@ def node_data(task: Task, node_config: NodeConfig, partition: RunPartition) -> t
         raise ValueError(f"partition-id {pid} not in [0, {num})")
     request = PartitionRequest(pid, num, partition.scheme, partition.alpha,
                                partition.classes_per_client, partition.seed)
-    return pid, task.partition(request)
+    data = task.partition(request)
+    if len(data.train) == 0:
+        raise DataError(f"task {task.ref}: partition-id {pid} of num-partitions {num} has no "
+                        "training examples (too many partitions for the data set?)")
+    return pid, data
 
 
 def metric_keys(task: Task, metrics: Mapping[str, float]) -> None:

@@ -373,3 +373,18 @@ def test_first_portable_adam_step_is_lr_times_sign() -> None:
     opt.step(params, {"x": g.clone()}, opt.init(params))
     expected = torch.tensor([1.0, -2.0, 0.0]) - 0.1 * g / (g.abs() + 1e-3)
     torch.testing.assert_close(params["x"], expected)
+
+
+def test_fused_yogi_at_a_tie_v_equal_to_delta_squared_keeps_v() -> None:
+    """sign(v - Delta^2) = 0: Yogi's v stays v. The fused path's rewrite of v (1 + sign
+    = 1) must give the portable step's result there too."""
+    g = torch.tensor([0.5, -2.0, 0.25, 3.0])
+    results = {}
+    for fused in (False, True):
+        opt = yogi(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, fused=fused)
+        params = {"x": torch.zeros(4)}
+        state = OptimizerState(step=2, slots={"m": {"x": torch.zeros(4)}, "v": {"x": g * g}})
+        state = opt.step(params, {"x": g.clone()}, state)
+        results[fused] = (params["x"], state.slots["v"]["x"])
+        torch.testing.assert_close(state.slots["v"]["x"], g * g, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-6, atol=1e-7)

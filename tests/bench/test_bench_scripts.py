@@ -107,3 +107,14 @@ def test_robust_quick(tmp_path: Path) -> None:
     table = check_table(tmp_path, "robust")
     assert "honest-7 baseline" in table and "| centered-clipping |" in table
     assert "Merge time, 10 offsets x 100K" in table
+
+
+@pytest.mark.simulation
+def test_scale_quick(tmp_path: Path) -> None:
+    stdout = run_quick("scale", tmp_path)
+    table = check_table(tmp_path, "scale-3")
+    assert "process-tree peak MiB" in table
+    row = table.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "3" and row[3].strip() == row[4].strip() == "2"  # rounds done
+    assert int(row[6]) > 100  # MiB: the process tree (torch and Ray) was measured
+    assert "round 2:" in stdout

@@ -96,3 +96,14 @@ def test_char_gru_predicts_the_next_character() -> None:
     x = torch.randint(0, shakespeare.VOCAB_SIZE, (4, shakespeare.SEQ_LEN))
     assert model(x).shape == (4, shakespeare.VOCAB_SIZE)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_small_role_keeps_a_validation_line_and_short_ones_borrow_context() -> None:
+    train, val, test = shakespeare._split_lines([f"line {i}" for i in range(6)])
+    assert (train, val, test) == ("line 0 line 1 line 2 line 3", "line 4", "line 5")
+    text = "".join(chr(32 + i % 95) for i in range(120))
+    x, y = shakespeare.tail_windows(text, 5, shakespeare.MAX_VAL)
+    codes = shakespeare.encode(text)
+    assert list(y) == list(codes[-5:])  # the targets are the last 5 characters only
+    assert (x[-1] == codes[-1 - shakespeare.SEQ_LEN:-1]).all()  # their context before them
+    assert len(shakespeare.tail_windows("short", 5, 10)[1]) == 0

@@ -17,6 +17,7 @@ import tests.utils.replies  # noqa: F401  (stamps a TaskIdentity so Message() wo
 from client.client_app import train
 from client.models import build_model as builtin_model
 from client.tasks import Arrays, DataError, Task, TaskError, load_task
+from client.tasks.api import NoSettings, Splits
 from client.tasks.runtime import RunPartition, build_model, check_theta, node_data, shared_params
 from coordinator.config import ConfigError, parse_run_config
 from coordinator.federation import client_config
@@ -270,3 +271,13 @@ def test_a_worker_refuses_at_start_a_csv_that_does_not_fit_the_task(tmp_path: Pa
     assert result.exit_code == 2, result.output
     assert f"task {TABULAR}" in result.output and "no column(s) ['segment']" in result.output
     assert not (tmp_path / "w" / "logs").exists()  # no SuperNode was started
+
+
+def test_a_simulated_node_with_no_training_example_says_so() -> None:
+    class Empty(Task):
+        def partition(self, request):
+            none = Arrays(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+            return Splits(none, none)
+
+    with pytest.raises(DataError, match="partition-id 7 of num-partitions 9 has no training"):
+        node_data(Empty(NoSettings()), {"partition-id": 7, "num-partitions": 9}, RunPartition())
