@@ -51,8 +51,12 @@ def run_demo(
 
     plan = plan_of(cfg)
     headline = load_task(cfg.task, cfg.task_config).headline
+    # the clients' records carry accuracy and loss; a task with another headline
+    # (perplexity) shows their loss
+    shown = "accuracy" if headline == "accuracy" else "loss"
+    short = "acc" if shown == "accuracy" else "loss"
     table = Table("round", "merged", "rejected", "train loss", f"central {headline}",
-                  "federated acc", "personal acc", "s", title="per round")
+                  f"federated {short}", f"personal {short}", "s", title="per round")
     if plan is not None:
         table.add_column("eps")
     progress = Progress(
@@ -70,7 +74,7 @@ def run_demo(
         table.add_row(
             str(rec.number), str(ok), str(len(rec.updates) - ok),
             _fmt(rec.metrics.get(TRAIN_LOSS)), _fmt(_central(ev)),
-            _clients(rec, ev, "federated"), _clients(rec, ev, "personalized"),
+            _clients(rec, ev, "federated", shown), _clients(rec, ev, "personalized", shown),
             f"{(rec.finished_at - rec.started_at).total_seconds():.2f}",
             *([] if plan is None else [f"{rec.metrics.get(DP_EPSILON, float('nan')):.3g}"]),
         )
@@ -158,17 +162,20 @@ def _central(ev: dict) -> float | None:
     return headline_of(ev["central"].metrics, ev["central"].accuracy)[1]
 
 
-def _acc(ev: dict, kind: str) -> float | None:
-    return ev[kind].accuracy if kind in ev else None
+def _value(ev: dict, kind: str, shown: str) -> float | None:
+    return getattr(ev[kind], shown) if kind in ev else None
 
 
-def _clients(rec: RoundRecord, ev: dict, kind: str) -> str:
-    """The clients' evaluation in a round's row; folded (federated-evaluation "folded")
-    a round's replies carry that of the theta before it: shown with its round."""
+def _clients(rec: RoundRecord, ev: dict, kind: str, shown: str) -> str:
+    """The clients' evaluation (``shown``: accuracy or loss) in a round's row; folded
+    (federated-evaluation "folded") a round's replies carry that of the theta before it:
+    shown with its round."""
     if kind in ev or not rec.previous_evaluations:
-        return _fmt(_acc(ev, kind))
+        return _fmt(_value(ev, kind, shown))
     before = {e.kind: e for e in rec.previous_evaluations}
-    return "-" if kind not in before else f"{_fmt(_acc(before, kind))} (r{rec.number - 1})"
+    if kind not in before:
+        return "-"
+    return f"{_fmt(_value(before, kind, shown))} (r{rec.number - 1})"
 
 
 def _fmt(x: float | None) -> str:
