@@ -27,21 +27,14 @@ from coordinator.federation import FederationResult, run_federation
 from coordinator.store import RoundRecord
 
 
-class InProcessGrid(Grid):
-    """Nodes 1..len(partitions); node i holds partition ``partitions[i - 1]`` of
-    ``num_partitions``."""
+class LocalGrid(Grid):
+    """A Grid in this process: nodes 1..n answer each pushed message at once
+    (``_answer``); subclasses say when a reply can be pulled. The messages pushed are
+    kept in ``pushed``, with the ids a real Grid would give them."""
 
-    def __init__(self, partitions: Sequence[int], num_partitions: int,
-                 adversary: Adversary | None = None) -> None:
-        self.partitions = list(partitions)
-        self.adversary = adversary
-        self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config={
-                "partition-id": pid, "num-partitions": num_partitions},
-                state=RecordDict(), run_config={})
-            for node, pid in enumerate(self.partitions, start=1)
-        }
-        self._ready: list[Message] = []
+    def __init__(self, nodes: Iterable[int]) -> None:
+        self.nodes = list(nodes)
+        self.pushed: list[Message] = []
         self._count = 0
 
     def set_run(self, run: Run) -> None: ...
@@ -52,32 +45,71 @@ class InProcessGrid(Grid):
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
                        group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
+                       group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return list(self.nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        from client.client_app import evaluate_shared, train
-
-        ids, train_replies, number = [], {}, 0
+        ids = []
         for m in messages:
             self._count += 1
             m.metadata.__dict__["_message_id"] = f"msg-{self._count}"  # as a Grid does
+            self.pushed.append(m)
             ids.append(m.metadata.message_id)
-            node = m.metadata.dst_node_id
-            pid = self.partitions[node - 1]
-            stamp(node)
-            if m.metadata.message_type == MessageType.TRAIN:
-                number = int(m.content["config"]["server-round"])
-                reply = train(self._for(m, pid), self.contexts[node])
-                train_replies[pid] = reply
-            else:
-                reply = evaluate_shared(m, self.contexts[node])
-            self._ready.append(reply)
-        if self.adversary is not None and train_replies:
-            self.adversary.rewrite(train_replies, number)
+            self._answer(m)
+        self._pushed_all()
         return ids
+
+    def _answer(self, m: Message) -> None:
+        raise NotImplementedError
+
+    def _pushed_all(self) -> None:
+        """After a push: e.g. reorder or rewrite the replies of the whole push."""
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        raise NotImplementedError("the loops push and pull")
+
+
+class InProcessGrid(LocalGrid):
+    """Nodes 1..len(partitions); node i holds partition ``partitions[i - 1]`` of
+    ``num_partitions``."""
+
+    def __init__(self, partitions: Sequence[int], num_partitions: int,
+                 adversary: Adversary | None = None) -> None:
+        super().__init__(range(1, len(partitions) + 1))
+        self.partitions = list(partitions)
+        self.adversary = adversary
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config={
+                "partition-id": pid, "num-partitions": num_partitions},
+                state=RecordDict(), run_config={})
+            for node, pid in enumerate(self.partitions, start=1)
+        }
+        self._ready: list[Message] = []
+        self._train_replies: dict[int, Message] = {}  # of the push, by partition
+        self._round = 0
+
+    def _answer(self, m: Message) -> None:
+        from client.client_app import evaluate_shared, train
+
+        node = m.metadata.dst_node_id
+        pid = self.partitions[node - 1]
+        stamp(node)
+        if m.metadata.message_type == MessageType.TRAIN:
+            self._round = int(m.content["config"]["server-round"])
+            reply = train(self._for(m, pid), self.contexts[node])
+            self._train_replies[pid] = reply
+        else:
+            reply = evaluate_shared(m, self.contexts[node])
+        self._ready.append(reply)
+
+    def _pushed_all(self) -> None:
+        if self.adversary is not None and self._train_replies:
+            self.adversary.rewrite(self._train_replies, self._round)
+        self._train_replies = {}
 
     def _for(self, m: Message, pid: int) -> Message:
         """The message a node trains on: a hostile one may get another task."""
@@ -97,10 +129,6 @@ class InProcessGrid(Grid):
         out = [r for r in self._ready if r.metadata.reply_to_message_id in wanted]
         self._ready = [r for r in self._ready if r.metadata.reply_to_message_id not in wanted]
         return out
-
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
-        raise NotImplementedError("the round loop drives the StreamingGrid's exchange")
 
 
 def run_inprocess(
