@@ -35,61 +35,47 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
 
 from bench.common import base_parser, machine_line, markdown_table, quiet, results_dir, stamp
+from bench.inprocess import LocalGrid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
 LORA = {"rank": 8, "alpha": 16.0, "max-seq-len": 64, "max-train-chunks": 32}
 
 
-class LocalGrid(Grid):
+class CountingGrid(LocalGrid):
     """Nodes 1..n in this process, answered at once by the bench ClientApp's functions;
     counts the train messages' tensor bytes (down) and their replies' (up) per round."""
 
     def __init__(self, n: int) -> None:
+        super().__init__(range(1, n + 1))
         self.contexts = {i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(),
                                         run_config={}, node_config={"partition-id": i,
                                                                     "num-partitions": n})
                          for i in range(n)}
         self.ready: list[Message] = []
         self.bytes: list[list[int]] = []  # [down, up] per train push
-        self._count = 0
-
-    def set_run(self, run: Any) -> None: ...
-
-    @property
-    def run(self) -> Any:
-        raise NotImplementedError
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        from bench.federated import _evaluate, _train
         from coordinator.payloads import payload_bytes
 
         messages = list(messages)
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         if train:
             self.bytes.append([sum(payload_bytes(m) for m in train), 0])
-        ids = []
-        for m in messages:
-            self._count += 1
-            m.metadata.__dict__["_message_id"] = f"msg-{self._count}"
-            ids.append(m.metadata.message_id)
-            stamp(m.metadata.dst_node_id)
-            context = self.contexts[m.metadata.dst_node_id]
-            is_train = m.metadata.message_type == MessageType.TRAIN
-            reply = (_train if is_train else _evaluate)(m, context)
-            if is_train:
-                self.bytes[-1][1] += payload_bytes(reply)
-            self.ready.append(reply)
-        return ids
+        return super().push_messages(messages)
+
+    def _answer(self, m: Message) -> None:
+        from bench.federated import _evaluate, _train
+        from coordinator.payloads import payload_bytes
+
+        stamp(m.metadata.dst_node_id)
+        context = self.contexts[m.metadata.dst_node_id]
+        is_train = m.metadata.message_type == MessageType.TRAIN
+        reply = (_train if is_train else _evaluate)(m, context)
+        if is_train:
+            self.bytes[-1][1] += payload_bytes(reply)
+        self.ready.append(reply)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         wanted = set(message_ids)
@@ -99,7 +85,7 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self.push_messages(messages))  # Flower's strategies
 
 
 @dataclass
@@ -137,7 +123,7 @@ def run_one(base: dict[str, Any], merge: str, overrides: dict[str, Any], label: 
     flower = overrides.pop("flower", False)
     cfg = parse_run_config({**run, **overrides, "out-dir": str(work), "db": "",
                             "run-name": label})
-    grid = LocalGrid(n)
+    grid = CountingGrid(n)
     central = CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed)
     curve = Curve(label)
     t0 = time.perf_counter()

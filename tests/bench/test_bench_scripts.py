@@ -109,6 +109,22 @@ def test_robust_quick(tmp_path: Path) -> None:
     assert "Merge time, 10 offsets x 100K" in table
 
 
+def test_lora_quick(tmp_path: Path) -> None:
+    run_quick("lora", tmp_path)
+    table = check_table(tmp_path, "lora")
+    rows = {r[1].strip(): [c.strip() for c in r[2:-1]] for r in
+            (line.split("|") for line in table.splitlines()) if r[0] == "" and len(r) == 8
+            and r[1].strip().startswith(("Flower", "ours"))}
+    flower, naive = rows["Flower FedAvg (adapters)"], rows["ours naive (SGD lr 1)"]
+    exact = rows["ours exact (SGD lr 1)"]
+    assert naive[0] == flower[0]  # the naive merge is FedAvg over the adapter tensors
+    assert exact[3] == naive[3]  # only the factors travel up, in both merges
+    assert float(exact[2]) > float(naive[2])  # the exact merge sends theta's weights down
+    curve = [line.split("|") for line in table.split("Held-out perplexity per round")[1]
+             .splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert float(curve[-1][4]) < float(curve[0][4])  # ours exact (SGD) lowers perplexity
+
+
 @pytest.mark.simulation
 def test_scale_quick(tmp_path: Path) -> None:
     stdout = run_quick("scale", tmp_path)
