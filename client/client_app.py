@@ -29,6 +29,7 @@ from client.task import (
 from client.tasks.api import Arrays, Task, TaskError
 from client.tasks.registry import load_task
 from client.tasks.runtime import build_model, check_theta, load_params, metric_keys, node_data
+from client.threads import task_threads
 from client.trainer import diagonal_fisher, fit_offset, pick_device
 
 OFFSET_STATE_KEY = "personal-offset"
@@ -107,6 +108,12 @@ def _folded_personal(task: Task, model: torch.nn.Module, theta, split, device: t
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     run, task, pid, data, theta, model = _setup(msg, context)
+    with task_threads(context.node_config, model):
+        return _train(msg, context, run, task, pid, data, theta, model)
+
+
+def _train(msg: Message, context: Context, run: ClientTask, task: Task, pid: int, data,
+           theta, model: torch.nn.Module) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     device = pick_device(run.device)
     model = task.place(model, device)
@@ -164,6 +171,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_shared(msg: Message, context: Context) -> Message:
     """Local validation metrics of theta, and in personal mode of theta + theta_i."""
     run, task, pid, data, theta, model = _setup(msg, context)
+    with task_threads(context.node_config, model):
+        return _evaluate(msg, context, run, task, pid, data, theta, model)
+
+
+def _evaluate(msg: Message, context: Context, run: ClientTask, task: Task, pid: int, data,
+              theta, model: torch.nn.Module) -> Message:
     device = pick_device(run.device)
     model = load_params(task.place(model, device), theta)
     metrics: dict[str, float | int] = {

@@ -65,14 +65,14 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=8)
-def _partition_indices(spec: PartitionSpec) -> tuple[np.ndarray, ...]:
+def _digits_partitioner(spec: PartitionSpec) -> Any:
     _, y, _, _ = digits_split()
-    return split_by_label(y, spec)
+    return _partitioner(y, spec)
 
 
-def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray, ...]:
-    """The row indices of each of ``spec.num_partitions`` partitions of a data set with
-    these ``labels``, by the scheme ``spec`` names (flwr-datasets' partitioners)."""
+def _partitioner(labels: np.ndarray, spec: PartitionSpec) -> Any:
+    """flwr-datasets' partitioner for the scheme ``spec`` names, over the row indices of
+    a data set with these ``labels``; it draws the partitions at its first load."""
     from datasets import Dataset  # heavy imports, only where partitions are made
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -104,17 +104,32 @@ def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray,
     else:
         raise ValueError(f"unknown partition scheme {spec.scheme!r}")
     partitioner.dataset = Dataset.from_dict({"index": np.arange(len(y)), "label": y})
+    return partitioner
+
+
+def _rows(partitioner: Any, spec: PartitionSpec, partition_id: int) -> np.ndarray:
+    """Partition ``partition_id``'s row indices, read as one column (a row-by-row read of
+    the partition cost a worker's task a quarter of a second)."""
     try:
         with warnings.catch_warnings():  # one line per failed attempt, each naming n alphas
             warnings.filterwarnings("ignore", message="The specified min_partition_size")
-            return tuple(np.asarray(partitioner.load_partition(i)["index"]) for i in range(n))
+            part = partitioner.load_partition(partition_id).with_format("arrow")
+            return part[:]["index"].to_numpy()
     except ValueError as exc:
         if spec.scheme != "dirichlet":
             raise
         raise PartitionError(
-            f"dirichlet split (alpha {spec.alpha}) of {len(y)} training examples into {n} "
-            f"partitions: no draw gave every partition {MIN_DIRICHLET_PARTITION} examples "
-            f"({exc}); use fewer clients or a larger dirichlet-alpha") from None
+            f"dirichlet split (alpha {spec.alpha}) of {len(partitioner.dataset)} training "
+            f"examples into {spec.num_partitions} partitions: no draw gave every partition "
+            f"{MIN_DIRICHLET_PARTITION} examples ({exc}); use fewer clients or a larger "
+            "dirichlet-alpha") from None
+
+
+def split_by_label(labels: np.ndarray, spec: PartitionSpec) -> tuple[np.ndarray, ...]:
+    """The row indices of each of ``spec.num_partitions`` partitions of a data set with
+    these ``labels``, by the scheme ``spec`` names (flwr-datasets' partitioners)."""
+    partitioner = _partitioner(labels, spec)
+    return tuple(_rows(partitioner, spec, i) for i in range(spec.num_partitions))
 
 
 def partition_rows(labels: np.ndarray, request: PartitionRequest) -> np.ndarray:
@@ -122,14 +137,14 @@ def partition_rows(labels: np.ndarray, request: PartitionRequest) -> np.ndarray:
     these ``labels``, by the run's scheme (iid, dirichlet, pathological)."""
     spec = PartitionSpec(request.scheme, request.num_partitions, seed=request.seed,
                          alpha=request.alpha, classes_per_client=request.classes_per_client)
-    return split_by_label(labels, spec)[request.partition_id]
+    return _rows(_partitioner(labels, spec), spec, request.partition_id)
 
 
 def load_partition(spec: PartitionSpec, partition_id: int) -> ClientData:
     if not 0 <= partition_id < spec.num_partitions:
         raise ValueError(f"partition-id {partition_id} not in [0, {spec.num_partitions})")
     x, y, _, _ = digits_split()
-    idx = _partition_indices(spec)[partition_id]
+    idx = _rows(_digits_partitioner(spec), spec, partition_id)
     rng = np.random.default_rng([spec.seed, partition_id])
     idx = rng.permutation(idx)
     n_val = max(1, len(idx) // 5)

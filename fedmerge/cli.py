@@ -273,6 +273,9 @@ def worker(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     train_tensors: Annotated[str, typer.Option(
         help="Train and send only these tensors (names or prefixes, comma-separated).")] = "",
+    threads: Annotated[int, typer.Option(
+        help="torch threads per task; 0: one for a model under 1M parameters (threads cost "
+             "more than they give there), torch's default above.")] = 0,
     root_cert: Annotated[Path | None, typer.Option(
         help="CA certificate the SuperLink's TLS certificate is checked against.")] = None,
     auth_key: Annotated[Path | None, typer.Option(
@@ -319,7 +322,8 @@ def worker(
         superlink=coordinator,
         work_dir=work_dir.expanduser().resolve() if work_dir else fedmerge_home() / "worker",
         data_dir=_dir(data, "--data") if data else None, partition=split, device=device,
-        train_tensors=train_tensors, root_cert=_file(root_cert, "--root-cert"),
+        train_tensors=train_tensors, threads=threads,
+        root_cert=_file(root_cert, "--root-cert"),
         auth_key=_file(auth_key, "--auth-key"), insecure=insecure,
         isolation=isolation,  # type: ignore[arg-type]
         extra_node_config=tuple(node_config or []), poll_interval=poll_interval,

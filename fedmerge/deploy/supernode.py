@@ -22,6 +22,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from fedmerge.deploy.object_pulls import shorten_object_pull_backoff
+
 DEFAULT_POLL_S = 0.2
 
 
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--poll-interval must be > 0")
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
     cap_supernode_sleeps(args.poll_interval, args.idle_poll_interval)
+    shorten_object_pull_backoff()  # its pulls of a message's objects from the SuperLink
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *rest]  # it parses sys.argv itself

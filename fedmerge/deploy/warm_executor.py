@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from fedmerge.deploy.object_pulls import shorten_object_pull_backoff
+
 DEFAULT_PRELOAD = (
     "client.client_app", "flwr_datasets.partitioner", "sklearn.datasets", "torch._dynamo",
 )
@@ -185,6 +187,7 @@ def serve(
     signal.signal(signal.SIGTERM, children.terminate)
     t0 = time.perf_counter()
     preload(preload_modules)
+    shorten_object_pull_backoff()  # inherited by every forked task
     log.info("preloaded %s in %.1f s", ", ".join(preload_modules), time.perf_counter() - t0)
 
     root_cert = validate_and_resolve_root_certificates(root_certificates, insecure)

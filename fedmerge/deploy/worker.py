@@ -58,6 +58,7 @@ class WorkerOptions:
     partition: tuple[int, int] | None = None  # (partition-id, num-partitions)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     train_tensors: str = ""
+    threads: int = 0  # torch threads per task; 0: automatic (client/threads.py)
     root_cert: Path | None = None
     auth_key: Path | None = None
     insecure: bool = False
@@ -95,6 +96,10 @@ def node_config(opts: WorkerOptions) -> str:
         pairs.append(f"data-dir={json.dumps(str(opts.data_dir.expanduser().resolve()))}")
     if opts.train_tensors:
         pairs.append(f"train-tensors={json.dumps(opts.train_tensors)}")
+    if opts.threads < 0:
+        raise ServiceError(f"--threads {opts.threads}: need >= 0 (0: automatic)")
+    if opts.threads:
+        pairs.append(f"threads={opts.threads}")
     return " ".join([*pairs, *opts.extra_node_config])
 
 

@@ -39,7 +39,7 @@ def label_histograms(spec: PartitionSpec) -> np.ndarray:
 
 def fresh(spec: PartitionSpec) -> np.ndarray:
     """The spec's label histograms computed anew, not from the partition cache."""
-    data._partition_indices.cache_clear()
+    data._digits_partitioner.cache_clear()
     return label_histograms(spec)
 
 

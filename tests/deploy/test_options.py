@@ -85,13 +85,15 @@ def test_worker_node_config_parses_as_flower_reads_it(tmp_path: Path) -> None:
     base = WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(1, 4))
     assert parse_config_args([node_config(base)]) == {"partition-id": 1, "num-partitions": 4}
     own = WorkerOptions(superlink="h:1", work_dir=tmp_path, data_dir=tmp_path / "my data",
-                        train_tensors="fc2", extra_node_config=("partition-id=3",))
+                        train_tensors="fc2", threads=3, extra_node_config=("partition-id=3",))
     assert parse_config_args([node_config(own)]) == {
         "data-dir": str((tmp_path / "my data").resolve()), "train-tensors": "fc2",
-        "partition-id": 3,
+        "threads": 3, "partition-id": 3,
     }
     for bad in (WorkerOptions(superlink="h:1", work_dir=tmp_path),
-                WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(4, 4))):
+                WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(4, 4)),
+                WorkerOptions(superlink="h:1", work_dir=tmp_path, partition=(0, 4),
+                              threads=-1)):
         with pytest.raises(ServiceError):
             node_config(bad)
 
@@ -214,6 +216,48 @@ def test_capped_sleep_patches_the_supernode_loop_only(monkeypatch: pytest.Monkey
     monkeypatch.setattr(loop, "time", object())  # a Flower whose loop changed
     with pytest.warns(UserWarning, match="keeping its own poll interval"):
         assert not supernode.cap_supernode_sleeps(0.2)
+
+
+def test_object_pulls_retry_a_missing_object_after_a_short_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's first pull of its message's objects often finds one not yet on the
+    SuperNode; Flower waits a second before the retry, the patched pull 0.02 s."""
+    from flwr.supercore.inflatable import inflatable_utils as pulls
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from fedmerge.deploy.object_pulls import INITIAL_BACKOFF_S, shorten_object_pull_backoff
+
+    for f in (pulls.pull_objects, pulls.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(f, "__kwdefaults__", dict(f.__kwdefaults__))  # restored after
+    assert pulls.pull_objects.__kwdefaults__["initial_backoff"] == 1  # Flower's own
+    assert shorten_object_pull_backoff()
+
+    waits: list[float] = []  # the backoff's timed waits (the pool's own waits have none)
+    real_wait = pulls.threading.Event.wait
+
+    def wait(self: object, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return real_wait(self, None)
+        waits.append(timeout)
+        return real_wait(self, 0)
+
+    monkeypatch.setattr(pulls.threading.Event, "wait", wait)
+    missing = {"b"}
+
+    def pull(object_id: str) -> bytes:
+        if object_id in missing:
+            missing.discard(object_id)
+            raise ObjectUnavailableError(object_id)
+        return object_id.encode()
+
+    assert pulls.pull_objects(["a", "b"], pull) == {"a": b"a", "b": b"b"}
+    assert waits and max(waits) <= INITIAL_BACKOFF_S * 1.2  # +-20% jitter
+    assert pulls.pull_and_inflate_object_from_tree.__kwdefaults__["initial_backoff"] == (
+        INITIAL_BACKOFF_S)
+
+    monkeypatch.setattr(pulls.pull_objects, "__kwdefaults__", {"max_time": 1})
+    with pytest.warns(UserWarning, match="keeping their own retry backoff"):
+        assert not shorten_object_pull_backoff()
 
 
 def test_a_node_does_not_back_off_within_the_active_window() -> None:
