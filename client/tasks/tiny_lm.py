@@ -1,7 +1,9 @@
 """A tiny causal language model made here, for the ``causal-lm`` task's defaults, the
 demo and the tests: a Llama-style config small enough for two CPU cores, a byte-level BPE
 tokenizer trained with ``tokenizers``, both briefly pretrained on text fedmerge ships
-(client/tasks/data/othello.txt: the first scenes of Othello). Nothing is downloaded.
+(client/tasks/data/othello.md: the first scenes of Othello; .md because a Flower FAB
+carries only .py/.toml/.md/.yaml/.json files, and a deployment worker runs the FAB's copy
+of this module). Nothing is downloaded.
 
 ``tiny_model_dir(spec)`` builds it once and caches it under ``$FEDMERGE_CACHE/models``
 (default ~/.cache/fedmerge/models), in a folder keyed by a hash of the spec and the text;
@@ -23,7 +25,7 @@ import torch
 
 from client.shakespeare import cache_dir, locked_folder
 
-PRETRAIN_TEXT = Path(__file__).with_name("data") / "othello.txt"
+PRETRAIN_TEXT = Path(__file__).with_name("data") / "othello.md"
 EOS = "<|endoftext|>"
 
 

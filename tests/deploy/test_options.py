@@ -260,6 +260,23 @@ def test_object_pulls_retry_a_missing_object_after_a_short_wait(
         assert not shorten_object_pull_backoff()
 
 
+def test_the_fab_carries_what_the_apps_read_and_leaves_the_rest_out() -> None:
+    """A deployment worker runs the FAB's copy of client/, so a file the apps read at run
+    time must be one Flower packages; the CLI and the dashboard are never loaded from it."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from client.tasks.tiny_lm import PRETRAIN_TEXT
+
+    root = Path(__file__).resolve().parents[2]
+    names = set(zipfile.ZipFile(io.BytesIO(build_fab_from_disk(root))).namelist())
+    assert PRETRAIN_TEXT.relative_to(root).as_posix() in names
+    assert {"client/client_app.py", "coordinator/server_app.py", "pyproject.toml"} <= names
+    assert not {n for n in names if n.split("/")[0] in ("fedmerge", "dashboard", "tests")}
+
+
 def test_a_node_does_not_back_off_within_the_active_window() -> None:
     """Between a run's rounds (a message less than active_window seconds ago) the node
     polls every cap seconds; once the window has passed it backs off as before."""
