@@ -37,15 +37,17 @@ TASK = re.compile(r"task \d+ of run \d+: ([\d.]+) s")
 
 
 def _rounds(db_url: str) -> dict[str, list[float]]:
-    """Per round: wall time, time waiting for train replies, merge-to-commit time (the
-    workers' evaluation and the central one)."""
+    """Per round: wall time, sending the train messages, waiting for their replies, the
+    merge, and merge-to-commit time (the workers' evaluation and the central one)."""
     engine = make_engine(db_url)
     with make_session_factory(engine)() as s:
         (run,) = repo.list_runs(s)
         rows = repo.rounds_of(s, run.id)
         out = {
             "rounds_s": [(r.finished_at - r.started_at).total_seconds() for r in rows],
+            "send_s": [r.send_s for r in rows],
             "train_wait_s": [r.wait_s for r in rows],
+            "merge_s": [r.merge_s for r in rows],
             "evaluate_s": [r.evaluate_s for r in rows],
         }
     engine.dispose()
