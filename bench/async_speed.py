@@ -98,7 +98,7 @@ class Family:
     name: str
     make: Callable[[float, float], Contender]  # (server lr or eta, beta1 or momentum)
     grid: tuple[tuple[float, float], ...] = ()  # empty: no server knob to tune
-    default: tuple[float, float] = (0.0, 0.0)
+    default: tuple[float, float] = (0.0, 0.0)  # untuned: the earlier one-seed settings
 
 
 def families(clients: int, rounds: int) -> list[Family]:
@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         title = f"Async speed: tuning on seed {TUNING_SEED} (not reported)"
     else:
         chosen = json.loads(args.tuned.read_text()) if args.tuned else {}
+        missing = [f"{k:g}" for k in factors if args.tuned and f"{k:g}" not in chosen]
+        if missing:
+            ap.error(f"--tuned {args.tuned} has no settings for slowdown {', '.join(missing)} "
+                     "(run --tune with those --slow values)")
         table = report(setting, factors, seeds, chosen)
         title = "Async (FedBuff) vs synchronous rounds with slow workers (digits)"
     took = f"{time.perf_counter() - t0:.0f} s in all."
