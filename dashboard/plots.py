@@ -20,13 +20,21 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel
 
 from coordinator.store.records import EVALUATION_KINDS
-from dashboard.schemas import EvaluationPublic, RoundPublic, TimedAccuracyPublic
+from dashboard.schemas import (
+    EvaluationPublic,
+    RoundPublic,
+    RunTimedAccuracyPublic,
+    TimedAccuracyPublic,
+)
 
 KIND_STYLE = {  # color, marker
     "central": ("#2563eb", "o"),
     "federated": ("#16a34a", "s"),
     "personalized": ("#d97706", "^"),
 }
+# One color per compared run, in the compare page's order (its swatches, charts.js).
+RUN_COLORS = ("#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#db2777",
+              "#65a30d")
 PHASES = ("send", "wait", "merge", "evaluate")
 PHASE_COLORS = ("#93c5fd", "#cbd5e1", "#2563eb", "#f59e0b")
 SIZE_IN = (6.4, 3.4)
@@ -156,6 +164,34 @@ def accuracy_time_svg(points: Sequence[TimedAccuracyPublic]) -> str:
         ax.set_title("Central accuracy against time")
 
     return _render("accuracy-time", points, draw)
+
+
+def compare_accuracy_time_svg(runs: Sequence[RunTimedAccuracyPublic]) -> str:
+    """Compared runs' central accuracy against wall-clock seconds since each started,
+    overlaid: sync rounds and async versions on one time axis. Each line's gid is
+    ``accuracy-time-<run id>``."""
+
+    def draw(ax: Axes) -> None:
+        longest = 1.0
+        for i, run in enumerate(runs):
+            if not run.points:
+                continue
+            (line,) = ax.plot([p.seconds for p in run.points], [p.accuracy for p in run.points],
+                              color=RUN_COLORS[i % len(RUN_COLORS)], marker="o", markersize=4,
+                              linewidth=1.8, label=run.label, clip_on=False)
+            line.set_gid(f"accuracy-time-{run.run_id}")
+            longest = max(longest, *(p.seconds for p in run.points))
+        if any(run.points for run in runs):
+            ax.set_xlim(0.0, longest * 1.02)
+            ax.legend(loc="lower right")
+        else:
+            _empty(ax, "evaluations")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("wall-clock seconds since each run started")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Central accuracy against time")
+
+    return _render("compare-accuracy-time", runs, draw)
 
 
 def _duration_axis_top(totals: Sequence[float]) -> float:

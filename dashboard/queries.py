@@ -38,6 +38,7 @@ from dashboard.schemas import (
     RunDetailPublic,
     RunPublic,
     RunsPublic,
+    RunTimedAccuracyPublic,
     TimedAccuracyPublic,
     WorkerPublic,
 )
@@ -338,6 +339,15 @@ def accuracy_over_time(s: Session, run_id: str) -> list[TimedAccuracyPublic]:
         out.append(TimedAccuracyPublic(round_number=e.round_number, seconds=seconds,
                                        accuracy=e.accuracy))
     return out
+
+
+def accuracy_over_time_of(s: Session, run_ids: list[str]) -> list[RunTimedAccuracyPublic]:
+    """Each run's central accuracy against seconds since it started, in the order given
+    (a run named twice, by full or short id, once)."""
+    runs = {run.id: run for run in (find_run(s, rid) for rid in run_ids)}
+    return [RunTimedAccuracyPublic(run_id=run.id, label=f"{run.id[:8]} {run.name}",
+                                   points=accuracy_over_time(s, run.id))
+            for run in runs.values()]
 
 
 def step_unit(config: dict[str, Any]) -> str:

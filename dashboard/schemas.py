@@ -174,6 +174,14 @@ class TimedAccuracyPublic(_Out):
     accuracy: float
 
 
+class RunTimedAccuracyPublic(_Out):
+    """One run's central accuracy against seconds, a line of the compare page's overlay."""
+
+    run_id: str
+    label: str  # short id and name, as the compare page's table and legends show them
+    points: list[TimedAccuracyPublic]
+
+
 class EvaluationsPublic(_Out):
     data: list[EvaluationPublic]
     count: int

@@ -63,6 +63,17 @@ def compare_page(
     )
 
 
+@router.get("/compare/plots/accuracy-time.svg", response_class=Response)
+def compare_accuracy_time(
+    session: SessionDep,
+    runs: Annotated[list[str], Query(max_length=12)] = [],  # noqa: B006 - FastAPI copies it
+) -> Response:
+    if len(runs) < 1:
+        raise HTTPException(404, "Name the runs to overlay: ?runs=<id>&runs=<id>.")
+    svg = plots.compare_accuracy_time_svg(queries.accuracy_over_time_of(session, runs))
+    return Response(svg, media_type=SVG, headers=NO_STORE)
+
+
 @router.get("/runs/{run_id}/clients/{node_id}")
 def client_page(
     request: Request, session: SessionDep, templates: TemplatesDep, run_id: str, node_id: str

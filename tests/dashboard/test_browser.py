@@ -267,6 +267,13 @@ def test_two_runs_overlaid_with_config_differences_highlighted(
     points = _points(page, "accuracy")
     assert points == {f"{alpha[:8]} alpha": 41, f"{beta[:8]} beta": 4}
     expect(page.locator('.chart[data-chart="accuracy"] canvas')).to_have_count(1)
+    overlay = page.locator("#plot-accuracy-time img")  # accuracy against seconds, beside
+    expect(overlay).to_be_visible()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#plot-accuracy-time img');"
+        " return i.complete && i.naturalWidth > 0; }")
+    svg = page.request.get(base + str(overlay.get_attribute("src"))).text()
+    assert f'id="accuracy-time-{alpha}"' in svg and f'id="accuracy-time-{beta}"' in svg
     differs = page.locator('#config-diff tr.diff[data-key="optimizer"]')
     expect(differs).to_contain_text("adam")
     expect(differs).to_contain_text("sgd")

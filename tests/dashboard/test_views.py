@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,6 +96,17 @@ def test_compare_highlights_the_config_differences(
     html = client.get("/compare", params={"runs": [alpha, beta]}).text
     assert '<tr class="diff" data-key="optimizer">' in html
     assert '<tr class="same" data-key="dataset">' in html
+    # beside the config: both runs' accuracy against wall-clock seconds, overlaid
+    assert f'src="/compare/plots/accuracy-time.svg?runs={alpha}&amp;runs={beta}"' in html
+    overlay = client.get("/compare/plots/accuracy-time.svg", params={"runs": [alpha, beta]})
+    assert overlay.headers["content-type"].startswith("image/svg+xml")
+    svg = ET.fromstring(overlay.text)
+    for run_id, points in ((alpha, 3), (beta, 1)):  # round 0 and each committed round
+        line = svg.find(f".//{{http://www.w3.org/2000/svg}}g[@id='accuracy-time-{run_id}']")
+        assert line is not None, run_id
+        assert len(line.findall(".//{http://www.w3.org/2000/svg}use")) == points
+    assert f"{alpha[:8]} alpha" in overlay.text and "wall-clock seconds" in overlay.text
+    assert client.get("/compare/plots/accuracy-time.svg").status_code == 404
     assert client.get("/compare", params={"runs": ["ffffffff"]}).status_code == 404
     assert client.get("/compare").status_code == 404
 
