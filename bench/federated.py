@@ -18,8 +18,8 @@ simulation: a personal contender must come last (``run_contenders`` checks this)
 ``engine="inprocess"`` runs the same contenders without Ray: ``BenchGrid`` calls the
 same client functions in this process, one node after the other, with a fresh grid
 (fresh node contexts) per contender. The client seeds depend on (run seed, partition,
-round) only, so both engines give the same curves; the in-process one starts in no
-time, which a tuning protocol of hundreds of short runs needs.
+round) only, so both engines train alike (up to float rounding); the in-process one
+starts in no time, which a tuning protocol of hundreds of short runs needs.
 """
 
 from __future__ import annotations
