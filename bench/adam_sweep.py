@@ -2,9 +2,9 @@
 0.90 central accuracy on every (split, seed) of bench.convergence, in its setting
 (10 clients, MLP, 30 rounds, local SGD lr 0.05, 2 epochs).
 
-The side sweep behind bench.convergence's tuning grid: Flower's FedAdam damps its first
-rounds (bench/README.md, "Convergence: what differs"), and which of our knobs buys that
-back is an empirical question.
+Superseded by bench.convergence's fair protocol (bench/tuning.py): this sweep runs on
+the reported seeds themselves and against FedAdam at its default eta; kept for the
+record of the older tables.
 
     python -m bench.adam_sweep [--quick] [--seeds 3] [--grid 0.1/1e-3/0.8,0.05/1e-3/0.9]
 """

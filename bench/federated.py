@@ -14,6 +14,12 @@ as ``prox-mu`` (our trainer adds (mu/2)||x - theta||^2).
 
 ``personal`` mode keeps each client's offset in ``context.state`` for the rest of the
 simulation: a personal contender must come last (``run_contenders`` checks this).
+
+``engine="inprocess"`` runs the same contenders without Ray: ``BenchGrid`` calls the
+same client functions in this process, one node after the other, with a fresh grid
+(fresh node contexts) per contender. The client seeds depend on (run seed, partition,
+round) only, so both engines train alike (up to float rounding); the in-process one
+starts in no time, which a tuning protocol of hundreds of short runs needs.
 """
 
 from __future__ import annotations
@@ -24,13 +30,25 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+
+from bench.common import stamp
+from bench.inprocess import InProcessGrid
 
 BENCH_REPLY_KEY = "bench-reply"
 
@@ -42,8 +60,16 @@ def _train(msg: Message, context: Context) -> Message:
     from client.client_app import train
     from client.task import METRICS_KEY, OFFSET_KEY
 
+    flower = msg.content["config"].get(BENCH_REPLY_KEY, "offset") == "model"
+    if flower:
+        # Flower's FedAdam sends float64 arrays; a Flower client's load_state_dict would
+        # cast them to the model's float32, our client refuses a dtype it does not hold
+        theta = msg.content[OFFSET_KEY].to_torch_state_dict()
+        if any(t.dtype == torch.float64 for t in theta.values()):
+            msg.content[OFFSET_KEY] = ArrayRecord(
+                {k: t.float() if t.dtype == torch.float64 else t for k, t in theta.items()})
     reply = train(msg, context)
-    if msg.content["config"].get(BENCH_REPLY_KEY, "offset") != "model" or reply.has_error():
+    if not flower or reply.has_error():
         return reply
     theta = msg.content[OFFSET_KEY].to_torch_state_dict()  # theta itself, in a request
     offset = reply.content[OFFSET_KEY].to_torch_state_dict()
@@ -57,6 +83,25 @@ def _evaluate(msg: Message, context: Context) -> Message:
     from client.client_app import evaluate_shared
 
     return evaluate_shared(msg, context)
+
+
+class BenchGrid(InProcessGrid):
+    """``num_clients`` nodes in this process, node i holding partition i - 1, answering
+    as ``bench_client`` does (a model instead of an offset when the round asks for it);
+    ``send_and_receive`` for Flower's strategies, push and pull for ours."""
+
+    def __init__(self, num_clients: int) -> None:
+        super().__init__(range(num_clients), num_clients)
+
+    def _answer(self, m: Message) -> None:
+        node = m.metadata.dst_node_id
+        stamp(node)
+        answer = _train if m.metadata.message_type == MessageType.TRAIN else _evaluate
+        self._ready.append(answer(m, self.contexts[node]))
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(list(self.push_messages(messages)))
 
 
 @dataclass(frozen=True)
@@ -171,20 +216,25 @@ def run_contenders(
     verbose: bool = False,
     on_done: Callable[[Curve], None] | None = None,
     client_app: ClientApp | None = None,
+    engine: Literal["ray", "inprocess"] = "ray",
 ) -> dict[str, Curve]:
     """Run every contender, in order, in one simulation; returns their curves by label.
     A contender that raises is recorded with its error and the others go on.
-    ``client_app``: one that wraps ``bench_client`` (default: bench_client itself)."""
+    ``client_app``: one that wraps ``bench_client`` (default: bench_client itself; Ray
+    only). ``engine="inprocess"``: no Ray, a fresh ``BenchGrid`` per contender."""
     personal_at = [i for i, c in enumerate(contenders) if c.personal]
     if personal_at and personal_at != [len(contenders) - 1]:
         raise ValueError("a personal-mode contender must be the last one, and only one: "
                          "its offsets stay in the nodes' context.state")
+    if engine == "inprocess" and client_app is not None:
+        raise ValueError("client_app is for the Ray engine; in process the nodes answer "
+                         "as bench_client does")
     from coordinator.simulation import run_server_main
 
     curves: dict[str, Curve] = {}
     work = tempfile.mkdtemp(prefix="fedmerge-bench-")
 
-    def main(grid: Grid, context: Context) -> None:
+    def main(grid: Grid | None, context: Context | None) -> None:
         import logging
 
         from bench.common import quiet
@@ -198,6 +248,9 @@ def run_contenders(
         cfg = parse_run_config(dict(base))
         central = CentralEvaluation(cfg.task, cfg.task_config, seed=cfg.seed)
         for c in contenders:
+            if engine == "inprocess":
+                grid = BenchGrid(num_clients)
+                stamp(0)  # the coordinator's messages need a task identity too
             t0 = time.perf_counter()
             try:
                 if c.flower is None:
@@ -214,14 +267,27 @@ def run_contenders(
                 on_done(curve)
 
     try:
-        run_server_main(main, num_clients=num_clients, client_app=client_app or bench_client,
-                        client_cpus=client_cpus, verbose=verbose)
+        if engine == "inprocess":
+            main(None, None)
+        else:
+            run_server_main(main, num_clients=num_clients,
+                            client_app=client_app or bench_client,
+                            client_cpus=client_cpus, verbose=verbose)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     missing = [c.label for c in contenders if c.label not in curves]
     if missing:
         raise RuntimeError(f"the simulation ended before running {missing}")
     return curves
+
+
+def flower_options(num_nodes: int, *, fraction_train: float = 1.0,
+                   min_train: int | None = None) -> dict[str, Any]:
+    """A Flower strategy's sampling arguments: ``fraction_train`` of ``num_nodes`` (at
+    least ``min_train``, default all), no federated evaluation."""
+    return {"fraction_train": fraction_train, "fraction_evaluate": 0.0,
+            "min_train_nodes": min_train or num_nodes, "min_evaluate_nodes": 0,
+            "min_available_nodes": num_nodes}
 
 
 def flower_strategies(*, fedavgm_momentum: float = 0.9, fedadam_eta: float = 0.1,
@@ -232,9 +298,7 @@ def flower_strategies(*, fedavgm_momentum: float = 0.9, fedadam_eta: float = 0.1
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
     def opts(n: int) -> dict[str, Any]:
-        m = min_train or n
-        return {"fraction_train": fraction_train, "fraction_evaluate": 0.0,
-                "min_train_nodes": m, "min_evaluate_nodes": 0, "min_available_nodes": n}
+        return flower_options(n, fraction_train=fraction_train, min_train=min_train)
 
     return [
         Contender("Flower FedAvg", flower=lambda n: FedAvg(**opts(n))),
