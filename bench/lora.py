@@ -264,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{n} roles, {per_round} per round, {rounds} rounds, seeds {seeds}", flush=True)
     curves: dict[int, list[Curve]] = {}
     tuned = None
+    line = " ".join(["python -m bench.lora", *(argv if argv is not None else sys.argv[1:])])
+    tuning_line = (f"seeds {','.join(map(str, tuning_seeds))}, {tuning_rounds} rounds each, "
+                   "the rest as below")
+    out = results_dir(args.out) / "lora.md"
     with tempfile.TemporaryDirectory(prefix="fedmerge-bench-lora-") as work:
         runs = iter(range(10**6))
 
@@ -279,19 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             tuned = tune(tuning_grid(), tuning_seeds,
                          lambda s, seed: run(s, seed, tuning_rounds).perplexity[-1])
             print("chosen: " + ", ".join(s.label for s in tuned.chosen), flush=True)
-        for seed in seeds:
+        for seed in seeds:  # the report is rewritten after each seed: a cut run keeps them
             curves[seed] = [run(s, seed, rounds) for s in report_settings(tuned)]
-    line = " ".join(["python -m bench.lora", *(argv if argv is not None else sys.argv[1:])])
-    tuning_line = (f"seeds {','.join(map(str, tuning_seeds))}, {tuning_rounds} rounds each, "
-                   "the rest as below")
-    end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = report(curves, line, machine, tuned, tuning_line, f"; load average at the end {end}")
-    out = results_dir(args.out) / "lora.md"
-    out.write_text(text)
+            end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            text = report(curves, line, machine, tuned, tuning_line,
+                          f"; load average at the end {end}")
+            out.write_text(text)
     print(text)
     print(f"written: {out}")
     return 0 if all(math.isfinite(c.perplexity[-1]) for cs in curves.values() for c in cs) else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
