@@ -20,10 +20,12 @@ import argparse
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from flwr.app import (
 
 from bench.common import base_parser, machine_line, markdown_table, quiet, results_dir, stamp
 from bench.inprocess import LocalGrid
-from bench.lora_tuning import Setting, Tuned, report_settings, tune, tuning_grid
+from bench.lora_tuning import ANCHOR, FIXED, Setting, Tuned, report_settings, tune, tuning_grid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare"
 LORA = {"rank": 8, "alpha": 16.0, "max-seq-len": 64, "max-train-chunks": 32}
@@ -156,6 +158,54 @@ def run_one(base: dict[str, Any], setting: Setting, n: int, work: Path) -> Curve
     return curve
 
 
+class Runner:
+    """Runs (setting, seed, rounds): here, one after the other (jobs 1), or in a pool of
+    ``jobs`` processes of one torch thread each; ``submit`` returns a Future of the Curve."""
+
+    def __init__(self, jobs: int, base: dict[str, Any], n: int, work: Path) -> None:
+        self.base, self.n, self.work, self.count = base, n, work, 0
+        self.pool = None
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(
+                "spawn"), initializer=_start_worker)
+
+    def submit(self, setting: Setting, seed: int, rounds: int) -> Future:
+        self.count += 1
+        args = ({**self.base, "seed": seed, "num-server-rounds": rounds}, setting, self.n,
+                self.work / f"run{self.count}")
+        if self.pool is not None:
+            return self.pool.submit(_run, *args)
+        done: Future = Future()
+        done.set_result(_run(*args))
+        return done
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _start_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    quiet()
+    stamp(0)
+
+
+def _run(base: dict[str, Any], setting: Setting, n: int, work: Path) -> Curve:
+    curve = run_one(base, setting, n, work)
+    print(f"seed {base['seed']} {setting.label}: perplexity "
+          f"{' '.join(f'{p:.3f}' for p in curve.perplexity)}, {curve.seconds:.1f} s",
+          flush=True)
+    return curve
+
+
 def report(curves: dict[int, list[Curve]], args_line: str, machine: str,
            tuned: Tuned | None = None, tuning_line: str = "", end_load: str = "") -> str:
     labels = [c.label for c in next(iter(curves.values()))]
@@ -233,6 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tuning-seeds", default="100,101")
     ap.add_argument("--tuning-rounds", type=int, default=None,
                     help="rounds per tuning run (default: half the report rounds)")
+    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                    help="run ours naive too (--no-naive: it is the anchor's merge, and "
+                         "--quick checks that the two agree)")
+    ap.add_argument("--grid-filter", default="",
+                    help="tune only the grid's settings whose label matches this regex")
+    ap.add_argument("--best-only", action="store_true",
+                    help="on the report seeds, run only the anchor and the tuning's best")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each in its own process (one torch thread each)")
     args = ap.parse_args(argv)
     quiet()
     from client import shakespeare
@@ -268,23 +327,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuning_line = (f"seeds {','.join(map(str, tuning_seeds))}, {tuning_rounds} rounds each, "
                    "the rest as below")
     out = results_dir(args.out) / "lora.md"
-    with tempfile.TemporaryDirectory(prefix="fedmerge-bench-lora-") as work:
-        runs = iter(range(10**6))
-
-        def run(setting: Setting, seed: int, num_rounds: int) -> Curve:
-            curve = run_one({**base, "seed": seed, "num-server-rounds": num_rounds},
-                            setting, n, Path(work) / f"run{next(runs)}")
-            print(f"seed {seed} {setting.label}: perplexity "
-                  f"{' '.join(f'{p:.3f}' for p in curve.perplexity)}, "
-                  f"{curve.seconds:.1f} s", flush=True)
-            return curve
-
-        if args.tune if args.tune is not None else not args.quick:
-            tuned = tune(tuning_grid(), tuning_seeds,
-                         lambda s, seed: run(s, seed, tuning_rounds).perplexity[-1])
+    with tempfile.TemporaryDirectory(prefix="fedmerge-bench-lora-") as work, \
+            Runner(args.jobs, base, n, Path(work)) as runner:
+        grid = [s for s in tuning_grid() if re.search(args.grid_filter, s.label)] \
+            if (args.tune if args.tune is not None else not args.quick) else []
+        # every run that does not wait on the tuning is queued at once (--jobs > 1)
+        trials = {(s.label, seed): runner.submit(s, seed, tuning_rounds)
+                  for s in grid for seed in tuning_seeds}
+        fixed = {seed: [runner.submit(s, seed, rounds)
+                        for s in report_settings(None, naive=args.naive)
+                        if not grid or s == ANCHOR or (s in FIXED and not args.best_only)]
+                 for seed in seeds}
+        if grid:
+            tuned = tune(grid, tuning_seeds,
+                         lambda s, seed: trials[(s.label, seed)].result().perplexity[-1])
             print("chosen: " + ", ".join(s.label for s in tuned.chosen), flush=True)
+        chosen = [tuned.chosen[0]] if tuned is not None and args.best_only else \
+            [s for s in report_settings(tuned) if s not in FIXED] if tuned is not None else []
+        extra = {seed: [runner.submit(s, seed, rounds) for s in chosen] for seed in seeds}
         for seed in seeds:  # the report is rewritten after each seed: a cut run keeps them
-            curves[seed] = [run(s, seed, rounds) for s in report_settings(tuned)]
+            curves[seed] = [f.result() for f in (*fixed[seed], *extra[seed])]
             end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
             text = report(curves, line, machine, tuned, tuning_line,
                           f"; load average at the end {end}")
