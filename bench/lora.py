@@ -319,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fraction-train": 1.0 if per_round >= n else (per_round + 0.5) / n,
             "fraction-evaluate": 0.0, "local-epochs": args.local_epochs,
             "local-lr": args.local_lr, "batch-size": 8, "device": "cpu"}
-    machine = machine_line()
+    machine = machine_line() + (f"; --jobs {args.jobs}: that many runs at once, one "
+                                f"torch thread each" if args.jobs > 1 else "")
     print(f"{n} roles, {per_round} per round, {rounds} rounds, seeds {seeds}", flush=True)
     curves: dict[int, list[Curve]] = {}
     tuned = None
