@@ -12,17 +12,22 @@ tensors does, gives
 
 whose cross terms w_i w_j B_i A_j (i != j) are error. ``exact_offset`` computes the exact
 sum from stacked factors in one matmul, ``accumulate`` adds one client's product into a
-dense buffer (so a stream of replies needs one dense tensor, never K of them), and
-``naive_error`` measures how far the naive merge is from the exact one. Pure torch.
+dense buffer (so a stream of replies needs one dense tensor, never K of them),
+``LowRankSum`` does that for a round's replies with each one's norm checked from its
+factors first, and ``naive_error`` measures how far the naive merge is from the exact
+one. Pure torch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from aggregation.streaming import Checked, Judge
 
 
 class LoraShapeError(ValueError):
@@ -135,3 +140,64 @@ def _same_weight(clients: Sequence[Factors], weights: Sequence[float]) -> None:
     shapes = {(f.weight_shape, f.transposed) for f in clients}
     if len(shapes) != 1:
         raise LoraShapeError(f"the clients' factors target different weights: {sorted(shapes)}")
+
+
+def factors_norm(f: Factors) -> float:
+    """||s B A||_F from the factors alone: s sqrt(sum((B^T B) * (A A^T))), both r x r
+    (float64), never the dense product; NaN or Inf in a factor makes it non-finite."""
+    a, b = f.a.double(), f.b.double()
+    square = float((b.t() @ b).mul_(a @ a.t()).sum()) * f.scale**2
+    return math.sqrt(max(square, 0.0)) if math.isfinite(square) else math.nan
+
+
+class LowRankSum:
+    """sum_i c_i w_i s B_i A_i over the accepted clients, into one dense buffer per
+    targeted weight, one client at a time: a client's norm comes from its factors
+    (``factors_norm``) and is judged before anything is added, so a refused client
+    leaves the sum untouched, and a clipped one (c_i = clip_norm / norm) is added once,
+    scaled. Memory: one buffer of theta's targeted weights plus the client's factors
+    (never a dense offset per client, never a second buffer). Reused across rounds."""
+
+    def __init__(self, *, clip_norm: float = 0.0) -> None:
+        self.clip_norm = clip_norm
+        self._sum: dict[str, Tensor] = {}
+        self.weight_sum: dict[str, float] = {}
+        self.added = 0
+
+    def reset(self, template: Mapping[str, Tensor]) -> None:
+        same = self._sum.keys() == template.keys() and all(
+            self._sum[k].shape == t.shape and self._sum[k].dtype == t.dtype
+            for k, t in template.items())
+        if same:
+            torch._foreach_zero_(list(self._sum.values()))
+        else:
+            self._sum = {k: torch.zeros_like(t) for k, t in template.items()}
+        self.weight_sum = dict.fromkeys(template, 0.0)
+        self.added = 0
+
+    @torch.no_grad()
+    def add(self, client_id: str, factors: Mapping[str, Factors], weight: float,
+            judge: Judge) -> Checked:
+        """Judge one client's offset by its norm and, if it passes, add it (clipped)."""
+        unknown = sorted(set(factors) - set(self._sum))
+        if unknown:
+            raise LoraShapeError(f"factors of {unknown}: not a targeted weight")
+        norm = math.sqrt(sum(factors_norm(f) ** 2 for f in factors.values()))
+        problem = judge(norm)
+        scale = 1.0
+        if problem is None and self.clip_norm > 0 and norm > self.clip_norm:
+            scale = self.clip_norm / norm
+        if problem is None:
+            for name, f in factors.items():
+                accumulate(self._sum[name], f, weight * scale)
+                self.weight_sum[name] += weight
+            self.added += 1
+        return Checked(client_id, norm, problem, scale)
+
+    def mean(self, scale: float = 1.0) -> dict[str, Tensor]:
+        """Per weight, ``scale`` x the sum over the weights of the clients that sent it,
+        in place (this object's buffers: valid until the next ``reset``)."""
+        out = {k: t for k, t in self._sum.items() if self.weight_sum[k] > 0}
+        for k, t in out.items():
+            t.div_(self.weight_sum[k] / scale)
+        return out

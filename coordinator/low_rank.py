@@ -27,19 +27,22 @@ class LowRankReplies:
     layout: Mapping[str, LowRank]  # theta tensor -> its factors' names and scale
     template: Params  # the factors' shapes and dtypes (meta tensors): what a reply holds
 
-    def offset(self, factors: Params) -> Params:
-        """The weight-space offset of the factors a reply sent, per targeted weight."""
-        out: Params = {}
+    def factors(self, sent: Params) -> dict[str, Factors]:
+        """The factors a reply sent, per targeted weight of theta (views, no copy)."""
+        out: dict[str, Factors] = {}
         for name, f in self.layout.items():
-            a, b = factors.get(f.a), factors.get(f.b)
+            a, b = sent.get(f.a), sent.get(f.b)
             if a is None and b is None:
                 continue  # a partial update that leaves this weight out
             if a is None or b is None:
                 raise LowRankError(f"{f.a if a is None else f.b} missing: a factor without "
                                    "its partner makes no offset")
-            out[name] = dense_offset(Factors(a, b, f.scale, f.transposed))
+            out[name] = Factors(a, b, f.scale, f.transposed)
         return out
 
+    def offset(self, sent: Params) -> Params:
+        """The weight-space offset of the factors a reply sent, per targeted weight."""
+        return {name: dense_offset(f) for name, f in self.factors(sent).items()}
 
 def low_rank_replies(task_name: str, task_config: str, seed: int) -> LowRankReplies | None:
     """The run's low-rank reply form, or None when its task sends offsets as they are."""

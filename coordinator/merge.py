@@ -27,6 +27,7 @@ from flwr.common import log
 from aggregation import ClientUpdate, OffsetCombiner, Params, ServerOptimizer, ServerState
 from aggregation import objective_gradient as gradient
 from aggregation.combiners import CombinerError, CombineResult, WeightedMean
+from aggregation.lora import LowRankSum
 from aggregation.streaming import CheckedSum
 from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
@@ -133,6 +134,9 @@ class Merge:
         checked = (CheckedSum(clip_norm=self.combiner.clip_norm, threads=self.threads)
                    if single else None)
         object.__setattr__(self, "_checked", checked)
+        low_rank = (LowRankSum(clip_norm=self.combiner.clip_norm)
+                    if single and self.validator.low_rank is not None else None)
+        object.__setattr__(self, "_low_rank_sum", low_rank)
 
     @property
     def single_pass(self) -> bool:
@@ -214,13 +218,13 @@ class Merge:
     ) -> CombineResult:
         """Headers checked as replies come; values checked while they are added, a
         group at a time; a reply found bad leaves the sum as if it had never come."""
+        if self._low_rank_sum is not None:
+            return self._low_rank_pass(replies, template, outcomes)
         acc = self._checked
         assert acc is not None
         acc.reset(template)
         model_bytes = sum(t.numel() * t.element_size() for t in template.values())
         size = max(1, min(self.group_max, self.group_bytes // max(model_bytes, 1)))
-        if self.validator.low_rank is not None:
-            size = 1  # each dense offset s B A is made here: hold one, not a group
 
         group: list[ClientUpdate] = []
         metrics: list[dict[str, float]] = []
@@ -249,6 +253,30 @@ class Merge:
                 flush()
         flush()
         # the objective's gradient -scale x mean, in the same pass that divides the sum
+        return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
+
+    def _low_rank_pass(
+        self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
+    ) -> CombineResult:
+        """Replies that send LoRA's factors: each one's norm is judged from its factors,
+        then s B_i A_i is added into the sum in place (never a dense offset per reply:
+        the merge holds theta's size once, plus one reply)."""
+        acc, low_rank = self._low_rank_sum, self.validator.low_rank
+        assert acc is not None and low_rank is not None
+        acc.reset(template)
+        for r in replies:
+            try:
+                d = self.validator.check(r.node_id, r.message, template, values=False)
+            except UpdateRejected as exc:
+                outcomes.add(ClientOutcome(r.node_id, False, str(exc)))
+                continue
+            u = d.update
+            fate = acc.add(u.client_id, low_rank.factors(u.offset), u.weight,
+                           self.validator.judge)
+            outcomes.add(ClientOutcome(u.client_id, False, fate.problem)
+                         if fate.problem is not None else
+                         ClientOutcome(u.client_id, True, None, u.weight, fate.norm, d.metrics))
+            del d, u, r
         return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
 
     def _validated(

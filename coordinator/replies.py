@@ -118,7 +118,7 @@ def decode_reply(
     ``values=False``: everything but the offset's values (finite, norm bound) is checked;
     the update's norm is then None. ``low_rank``: the reply holds factors (checked against
     their own template), turned into the offset of theta's tensors before the value
-    checks."""
+    checks; with ``values=False`` the update's offset stays the factors as sent."""
     if msg.has_error():
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
@@ -149,7 +149,10 @@ def decode_reply(
         if FISHER_KEY in content:
             raise UpdateRejected("fisher: not with a low-rank update")
         try:
-            offset = low_rank.offset(offset)
+            if values:
+                offset = low_rank.offset(offset)
+            else:  # kept as factors, which the caller reads with low_rank.factors
+                low_rank.factors(offset)  # a factor without its partner: refused here
         except LowRankError as exc:
             raise UpdateRejected(f"offset: {exc}") from None
 

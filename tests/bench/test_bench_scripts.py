@@ -125,6 +125,15 @@ def test_lora_quick(tmp_path: Path) -> None:
     assert float(curve[-1][4]) < float(curve[0][4])  # ours exact (SGD) lowers perplexity
 
 
+def test_lora_memory_quick(tmp_path: Path) -> None:
+    run_quick("lora_memory", tmp_path)
+    table = check_table(tmp_path, "lora_memory")
+    rows = [r.split("|") for r in table.splitlines() if r.startswith(("| tiny", "| synth"))]
+    assert {r[1].strip() for r in rows} == {"tiny", "synthetic"} and len(rows) == 4
+    synthetic = [float(r[6]) for r in rows if r[1].strip() == "synthetic"]  # MiB added
+    assert all(added > 16.0 for added in synthetic)  # the sum of theta's size was measured
+
+
 @pytest.mark.simulation
 def test_scale_quick(tmp_path: Path) -> None:
     stdout = run_quick("scale", tmp_path)
