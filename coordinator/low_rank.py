@@ -44,6 +44,7 @@ class LowRankReplies:
         """The weight-space offset of the factors a reply sent, per targeted weight."""
         return {name: dense_offset(f) for name, f in self.factors(sent).items()}
 
+
 def low_rank_replies(task_name: str, task_config: str, seed: int) -> LowRankReplies | None:
     """The run's low-rank reply form, or None when its task sends offsets as they are."""
     task = load_task(task_name, task_config)
