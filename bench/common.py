@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import json
 import logging
 import os
 import platform
@@ -289,3 +290,23 @@ while os.getppid() == parent:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # so the busy loops are ended by the finally above
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def run_worker(module: str, args: Sequence[str], what: str) -> dict:
+    """``python -m module --worker ARGS`` in a fresh interpreter (so its peak RSS is its
+    own), one torch thread unless OMP_NUM_THREADS says otherwise; the JSON object it
+    printed last."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", *args],
+                          capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-from bench.common import base_parser, machine_line, markdown_table, results_dir
+from bench.common import (
+    base_parser,
+    machine_line,
+    markdown_table,
+    peak_rss_bytes,
+    results_dir,
+    run_worker,
+)
 
 SHAPES = ("tiny", "synthetic")
 MIB = 2**20
 
-
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _layout(shape: str, hidden: int):
@@ -95,23 +94,17 @@ def worker(shape: str, k: int, hidden: int) -> dict:
     state = ServerState(theta, opt.init(theta))
     for _ in replies(1):  # warm-up: building one reply is not the merge's cost
         pass
-    before = _maxrss()
+    before = peak_rss_bytes()
     state, report = merge(state, replies(k))
-    peak = _maxrss()
+    peak = peak_rss_bytes()
     assert report.accepted == k, [c.reason for c in report.clients]
     return {"shape": shape, "k": k, "theta": theta_bytes, "adapters": adapter_bytes,
             "before": before, "peak": peak, "added": max(0, peak - before)}
 
 
 def run_one(shape: str, k: int, hidden: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.lora_memory", "--worker", shape, "--k", str(k),
-           "--hidden", str(hidden)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {shape} K={k} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker("bench.lora_memory", [shape, "--k", str(k), "--hidden", str(hidden)],
+                      f"{shape} K={k}")
 
 
 def main(argv: list[str] | None = None) -> int:

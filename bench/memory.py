@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +30,9 @@ from bench.common import (
     machine_line,
     markdown_table,
     parse_n,
+    peak_rss_bytes,
     results_dir,
+    run_worker,
     save_figure,
     write_report,
 )
@@ -47,9 +45,6 @@ KINDS = {
 }
 TARGET_MODEL_SIZES = 2.0
 
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def worker(kind: str, k: int, p: int) -> dict:
@@ -101,21 +96,15 @@ def worker(kind: str, k: int, p: int) -> dict:
 
     for _ in replies(1):  # warm-up: the cost of building one reply is not the merge's
         pass
-    before = _maxrss_bytes()
+    before = peak_rss_bytes()
     merge()
-    peak = _maxrss_bytes()
+    peak = peak_rss_bytes()
     return {"kind": kind, "k": k, "p": p, "peak": peak, "before": before,
             "added": max(0, peak - before)}
 
 
 def run_one(kind: str, k: int, p: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.memory", "--worker", kind, "--k", str(k), "--p", str(p)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {kind} K={k} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker("bench.memory", [kind, "--k", str(k), "--p", str(p)], f"{kind} K={k}")
 
 
 def plot(rows: dict[str, list[dict]], model_bytes: int, path: Path) -> None:

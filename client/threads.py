@@ -44,13 +44,18 @@ def threads_of(node_config: Mapping[str, object], model: torch.nn.Module) -> int
 
 
 @contextlib.contextmanager
-def task_threads(node_config: Mapping[str, object], model: torch.nn.Module) -> Iterator[int]:
-    """Run the block on ``threads_of`` threads, then restore the process's count (a
-    simulation actor or an in-process federation runs other work after the task)."""
+def torch_threads(threads: int) -> Iterator[int]:
+    """Run the block on ``threads`` torch threads, then restore the process's count (a
+    simulation actor or an in-process federation runs other work after a task)."""
     before = torch.get_num_threads()
-    threads = threads_of(node_config, model)
     torch.set_num_threads(threads)
     try:
         yield threads
     finally:
         torch.set_num_threads(before)
+
+
+def task_threads(node_config: Mapping[str, object],
+                 model: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+    """``torch_threads`` with the count ``threads_of`` chooses for this task."""
+    return torch_threads(threads_of(node_config, model))

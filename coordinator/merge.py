@@ -28,13 +28,13 @@ from aggregation import ClientUpdate, OffsetCombiner, Params, ServerOptimizer, S
 from aggregation import objective_gradient as gradient
 from aggregation.combiners import CombinerError, CombineResult, WeightedMean
 from aggregation.lora import LowRankSum
-from aggregation.streaming import CheckedSum
+from aggregation.streaming import Checked, CheckedSum
 from client.metrics import DP_EPSILON, NUM_CLIENTS, TRAIN_MEANS
 from client.task import NUM_EXAMPLES
 from coordinator.evaluation import weighted_means
 from coordinator.grid import Reply
 from coordinator.payloads import payload_bytes
-from coordinator.replies import ReplyValidator, UpdateRejected
+from coordinator.replies import DecodedReply, ReplyValidator, UpdateRejected
 
 if TYPE_CHECKING:
     from coordinator.privacy import PrivacyPlan
@@ -232,23 +232,14 @@ class Merge:
         def flush() -> None:
             fates = acc.add(group, self.validator.judge)
             for u, m, fate in zip(group, metrics, fates, strict=True):
-                if fate.problem is not None:
-                    outcomes.add(ClientOutcome(u.client_id, False, fate.problem))
-                else:
-                    outcomes.add(ClientOutcome(u.client_id, True, None, u.weight,
-                                               fate.norm, m))
+                outcomes.add(_outcome(u, fate, m))
             group.clear()
             metrics.clear()
 
-        for r in replies:
-            try:
-                d = self.validator.check(r.node_id, r.message, template, values=False)
-            except UpdateRejected as exc:
-                outcomes.add(ClientOutcome(r.node_id, False, str(exc)))
-                continue
+        for d in self._headers_checked(replies, template, outcomes):
             group.append(d.update)
             metrics.append(d.metrics)
-            del d, r
+            del d
             if len(group) >= size:
                 flush()
         flush()
@@ -264,20 +255,28 @@ class Merge:
         acc, low_rank = self._low_rank_sum, self.validator.low_rank
         assert acc is not None and low_rank is not None
         acc.reset(template)
+        for d in self._headers_checked(replies, template, outcomes):
+            u = d.update
+            fate = acc.add(u.client_id, low_rank.factors(u.offset), u.weight,
+                           self.validator.judge)
+            outcomes.add(_outcome(u, fate, d.metrics))
+            del d, u
+        return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
+
+    def _headers_checked(
+        self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
+    ) -> Iterator[DecodedReply]:
+        """Each reply with everything but its offset's values checked, as it comes; a
+        rejected one is recorded and skipped. Holds no reply between two yields."""
         for r in replies:
             try:
                 d = self.validator.check(r.node_id, r.message, template, values=False)
             except UpdateRejected as exc:
                 outcomes.add(ClientOutcome(r.node_id, False, str(exc)))
                 continue
-            u = d.update
-            fate = acc.add(u.client_id, low_rank.factors(u.offset), u.weight,
-                           self.validator.judge)
-            outcomes.add(ClientOutcome(u.client_id, False, fate.problem)
-                         if fate.problem is not None else
-                         ClientOutcome(u.client_id, True, None, u.weight, fate.norm, d.metrics))
-            del d, u, r
-        return CombineResult(acc.mean(scale=-self.gradient_scale), acc.added)
+            del r
+            yield d
+            del d
 
     def _validated(
         self, replies: Iterator[Reply], template: Params, outcomes: _Outcomes
@@ -292,6 +291,13 @@ class Merge:
             outcomes.add(ClientOutcome(r.node_id, True, None, d.update.weight, d.norm,
                                        d.metrics))
             yield d.update
+
+
+def _outcome(update: ClientUpdate, fate: Checked, metrics: dict[str, float]) -> ClientOutcome:
+    """A single-pass merge's verdict on one update, as the round records it."""
+    if fate.problem is not None:
+        return ClientOutcome(update.client_id, False, fate.problem)
+    return ClientOutcome(update.client_id, True, None, update.weight, fate.norm, metrics)
 
 
 def _scaled(update: ClientUpdate, factor: float) -> ClientUpdate:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from client.shakespeare import cache_dir, locked_folder
+from client.threads import torch_threads
 
 PRETRAIN_TEXT = Path(__file__).with_name("data") / "othello.md"
 EOS = "<|endoftext|>"
@@ -82,16 +83,12 @@ def build_tiny_model(spec: TinyLMSpec, text: str, dest: Path) -> Path:
         num_key_value_heads=spec.heads, max_position_embeddings=spec.context,
         tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # its matrices are too small for threads to pay
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
-            model = LlamaForCausalLM(config)
-            ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
-            _pretrain(model, ids, spec)
-    finally:
-        torch.set_num_threads(threads)
+    # one thread: its matrices are too small for threads to pay
+    with torch_threads(1), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+        ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+        _pretrain(model, ids, spec)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

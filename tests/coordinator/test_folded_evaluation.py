@@ -35,7 +35,6 @@ from coordinator.store import (
     EvaluationRecord,
     make_engine,
     make_session_factory,
-    migrated_engine,
     repo,
 )
 from coordinator.strategy import MergeStrategy
@@ -63,17 +62,6 @@ def _scripted(msg: Message) -> Message:
     else:
         content = RecordDict({"metrics": MetricRecord({"num-examples": 4, **evaluation})})
     return Message(content, reply_to=msg)
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with migrated_engine(f"sqlite:///{tmp_path / 'fedmerge.db'}") as engine:
-        sessions = make_session_factory(engine)
-        with sessions.begin() as s:
-            run_id = repo.create_run(s, name="t", config={}, mode="global", optimizer="sgd",
-                                     combiner="mean", num_rounds_planned=3,
-                                     out_dir=str(tmp_path))
-        yield sessions, run_id
 
 
 def _loop(tmp_path: Path, store, grid: ScriptedGrid) -> RoundLoop:

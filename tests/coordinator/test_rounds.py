@@ -31,8 +31,6 @@ from coordinator.rounds import RoundLoop
 from coordinator.store import (
     EvaluationRecord,
     RoundRecord,
-    make_session_factory,
-    migrated_engine,
     repo,
 )
 from coordinator.strategy import MergeStrategy
@@ -72,17 +70,6 @@ class CheckingJournal(RunJournal):
 
 def _central(params) -> EvaluationRecord:
     return EvaluationRecord("central", float(params["w"].sum()), 0.25, 7)
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with migrated_engine(f"sqlite:///{tmp_path / 'fedmerge.db'}") as engine:
-        sessions = make_session_factory(engine)
-        with sessions.begin() as s:
-            run_id = repo.create_run(s, name="t", config={}, mode="global", optimizer="sgd",
-                                     combiner="mean", num_rounds_planned=3,
-                                     out_dir=str(tmp_path))
-        yield sessions, run_id
 
 
 def _loop(tmp_path: Path, store, central=_central, grid=None) -> RoundLoop:

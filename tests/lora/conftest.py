@@ -4,7 +4,6 @@ federation (the ClientApp's own train/evaluate functions answer a scripted grid)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -13,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
 import tests.utils.replies  # noqa: F401  (stamps a TaskIdentity so Message() works here)
 from client.client_app import evaluate_shared, train
 from client.tasks.tiny_lm import PRETRAIN_TEXT, TinyLMSpec, build_tiny_model
+from client.threads import torch_threads
 from coordinator.config import parse_run_config
 from coordinator.federation import FederationResult, run_federation
 from tests.utils.grids import ScriptedGrid
@@ -30,21 +29,9 @@ SETTINGS = {"rank": 4, "alpha": 8.0, "max-seq-len": 32, "max-train-chunks": 16,
             "max-val-chunks": 4, "central-chunks-per-role": 4}
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """The tiny model's matrices are too small for two threads to pay (on a loaded
-    machine they spin): one thread while these tests run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    with single_thread():
+    with torch_threads(1):  # the tiny model's matrices are too small for threads to pay
         yield
 
 
@@ -66,7 +53,7 @@ def shakespeare_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with single_thread():
+    with torch_threads(1):  # the tiny model's matrices are too small for threads to pay
         return build_tiny_model(SPEC, PRETRAIN_TEXT.read_text(), tmp_path_factory.mktemp("tiny"))
 
 
