@@ -193,25 +193,47 @@ ServerUpdate = Callable[[Params], Params]
 """theta -> the coordinator's own offset, trained on its root data."""
 
 
+FLTRUST_SCALES = ("server", "median")
+
+
 class FLTrust(OffsetCombiner):
     """FLTrust (Cao, Fang, Liu and Gong, NDSS 2021). Each round the coordinator trains its
     own offset g0 = ``server_update(theta)`` on a small root data set it holds; a client's
-    trust score is ReLU(cos(theta_i, g0)), its offset is rescaled to ||g0||, and the
-    result is sum_i TS_i (||g0|| / ||theta_i||) theta_i / sum_i TS_i. An offset pointing
-    away from the server's (cosine <= 0) gets no weight, and no offset can weigh more than
-    the server's by its size. Unweighted by examples (one client, one vote).
+    trust score is TS_i = ReLU(cos(theta_i, g0)), its offset is rescaled to a common norm
+    c, and the result is c sum_i TS_i theta_i / ||theta_i|| / sum_i TS_i. An offset
+    pointing away from the server's (cosine <= 0) gets no weight, and no offset weighs
+    more than another by its size. Unweighted by examples (one client, one vote).
 
-    Streaming: O(P) memory (g0 and one accumulator), whatever K. ``template`` must hold
-    theta's values (the merge passes theta). A round in which every score is 0 merges
-    nothing; each client is then reported as not merged with its cosine.
+    ``scale`` picks c:
+
+    - ``"server"``: c = ||g0||, the paper's choice;
+    - ``"median"``: c = the median norm of the round's offsets. The root set is small and
+      balanced, so on non-IID clients g0 is short (its gradients partly cancel; a client
+      of one or two classes moves far in one direction): on the digits splits of
+      docs/robustness.md ||g0|| is a third of the median client norm, and the paper's
+      rescaling shrinks every step by that much. The median keeps the clients' own step
+      size, and hostile clients in a minority cannot move it outside the honest norms'
+      range (a small-norm attack pulls it down to a low honest norm at most, a scaled one
+      up to a high honest norm). Each offset still counts with the same norm, so the
+      bound on one client's influence (TS_i c / sum TS) is the paper's.
+
+    Streaming: O(P) memory (g0 and one accumulator of the unit offsets; c is applied at
+    the end), whatever K. ``template`` must hold theta's values (the merge passes theta).
+    A round in which every score is 0 merges nothing; each client is then reported as not
+    merged with its cosine.
     """
 
     streaming = True
     full_updates_only = True
 
-    def __init__(self, server_update: ServerUpdate, *, clip_norm: float = 0.0) -> None:
+    def __init__(
+        self, server_update: ServerUpdate, *, scale: str = "server", clip_norm: float = 0.0
+    ) -> None:
         super().__init__(clip_norm=clip_norm)
+        if scale not in FLTRUST_SCALES:
+            raise CombinerError(f"fltrust-scale must be one of {FLTRUST_SCALES}, got {scale!r}")
         self.server_update = server_update
+        self.scale = scale
 
     @torch.no_grad()
     def combine(
@@ -222,26 +244,27 @@ class FLTrust(OffsetCombiner):
             raise CombinerError("fltrust: the server update must name every tensor of theta")
         g0_norm = update_norm(g0)
         acc = {k: torch.zeros_like(t) for k, t in template.items()}
-        total, n = 0.0, 0
+        total = 0.0
+        norms: list[float] = []
         scores: dict[str, float] = {}
         for u in updates:
-            n += 1
             if u.offset.keys() != template.keys():
                 raise CombinerError("fltrust needs every client to send every tensor")
             norm = u.norm if u.norm is not None else update_norm(u.offset)
+            norms.append(norm)
             dot = sum(float(torch.sum(u.offset[k].double() * g0[k].double())) for k in g0)
             cos = dot / (norm * g0_norm) if norm > 0 and g0_norm > 0 else 0.0
             scores[u.client_id] = cos
             trust = max(cos, 0.0)
             if trust > 0:
                 torch._foreach_add_(list(acc.values()), [u.offset[k] for k in acc],
-                                    alpha=trust * g0_norm / norm)
+                                    alpha=trust / norm)
                 total += trust
         dropped = {c: f"fltrust trust score 0: cosine {cos:.3g} with the server update"
                    for c, cos in scores.items() if cos <= 0}
-        diag: dict[str, float | list[str]] = {"server-norm": g0_norm}
+        c = g0_norm if self.scale == "server" else _median(norms) if norms else 0.0
+        diag: dict[str, float | list[str]] = {"server-norm": g0_norm, "scale": c}
         if total <= 0:
-            return CombineResult({}, n, diag, dropped)
-        torch._foreach_div_(list(acc.values()), total)
-        return CombineResult(acc, n, diag, dropped)
-
+            return CombineResult({}, len(norms), diag, dropped)
+        torch._foreach_mul_(list(acc.values()), c / total)
+        return CombineResult(acc, len(norms), diag, dropped)

@@ -68,6 +68,7 @@ DEFENCES: dict[str, dict[str, Any]] = {
     "centered-clipping+max-norm-ratio": {"combiner": "centered-clipping",
                                          "max-norm-ratio": 3.0},
     "fltrust": {"combiner": "fltrust"},
+    "fltrust+median-scale": {"combiner": "fltrust", "fltrust-scale": "median"},
 }
 
 

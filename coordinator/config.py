@@ -80,6 +80,7 @@ class MergeConfig(BaseModel):
     cc_tau: float = Field(0.0, ge=0.0, alias="cc-tau")  # 0 = the round's median distance
     cc_iterations: int = Field(3, ge=1, le=100, alias="cc-iterations")
     fltrust_root_size: int = Field(100, ge=1, alias="fltrust-root-size")
+    fltrust_scale: Literal["server", "median"] = Field("server", alias="fltrust-scale")
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")

@@ -210,3 +210,39 @@ def test_make_combiner_names_the_new_rules() -> None:
     assert isinstance(make_combiner("centered-clipping", cc_tau=2.0), CenteredClipping)
     with pytest.raises(CombinerError, match="root data"):
         make_combiner("fltrust")
+
+
+def test_fltrust_median_scale_rescales_to_the_rounds_median_client_norm() -> None:
+    gen = torch.Generator().manual_seed(15)
+    g0 = {k: torch.randn(s, generator=gen, dtype=DT) for k, s in SHAPES.items()}
+    ups = updates(16, 5)
+    g = flat(g0)
+    paper = FLTrust(server(g0)).combine(ups, TEMPLATE)
+    out = FLTrust(server(g0), scale="median").combine(ups, TEMPLATE)
+    median = sorted(float(flat(u.offset).norm()) for u in ups)[2]
+    # the same direction and trust scores as the paper's rule, at the clients' median norm
+    assert torch.allclose(flat(out.offset), flat(paper.offset) * median / float(g.norm()))
+    assert out.dropped == paper.dropped
+    assert math.isclose(out.diagnostics["scale"], median)
+
+
+def test_fltrust_median_scale_is_not_pulled_out_of_the_honest_norms_by_a_minority() -> None:
+    g0 = {k: torch.ones(s, dtype=DT) for k, s in SHAPES.items()}
+    honest = [ClientUpdate({k: c * torch.ones(s, dtype=DT) for k, s in SHAPES.items()}, 1.0,
+                           client_id=f"h{i}") for i, c in enumerate([1.0, 2.0, 3.0])]
+    tiny = [ClientUpdate({k: 1e-6 * torch.ones(s, dtype=DT) for k, s in SHAPES.items()}, 1.0,
+                         client_id=f"t{i}") for i in range(2)]
+    huge = [ClientUpdate({k: 1e6 * torch.ones(s, dtype=DT) for k, s in SHAPES.items()}, 1.0,
+                         client_id=f"x{i}") for i in range(2)]
+    unit = float(flat(g0).norm())  # the norm of an all-ones offset
+    for hostile in (tiny, huge):
+        out = FLTrust(server(g0), scale="median").combine(honest + hostile, TEMPLATE)
+        assert unit <= out.diagnostics["scale"] <= 3 * unit
+        assert math.isclose(float(flat(out.offset).norm()), out.diagnostics["scale"])
+
+
+def test_fltrust_refuses_an_unknown_scale() -> None:
+    with pytest.raises(CombinerError, match="fltrust-scale"):
+        FLTrust(server(TEMPLATE), scale="mean")
+    assert make_combiner("fltrust", server_update=server(TEMPLATE),
+                         fltrust_scale="median").scale == "median"

@@ -102,6 +102,7 @@ def test_an_unknown_attack_is_refused_with_the_known_ones() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("bucket-size", 0), ("cc-tau", -1.0),
                                             ("cc-iterations", 0), ("fltrust-root-size", 0),
+                                            ("fltrust-scale", "mean"),
                                             ("combiner", "bucketed-mean")])
 def test_robust_keys_are_validated_with_the_key_named(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=key):
