@@ -58,6 +58,7 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
 DEFENCES: dict[str, dict[str, Any]] = {
     "mean": {},
     "mean+max-norm-ratio": {"max-norm-ratio": 3.0},
+    "mean+max-norm-ratio-f3": {"max-norm-ratio": 3.0, "norm-ratio-byzantine": 3},
     "median": {"combiner": "median"},
     "trimmed-mean": {"combiner": "trimmed-mean", "trim-beta": 0.3},
     "multi-krum": {"combiner": "multi-krum", "krum-byzantine": 3},

@@ -84,6 +84,7 @@ class MergeConfig(BaseModel):
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")
+    norm_ratio_byzantine: int = Field(0, ge=0, alias="norm-ratio-byzantine")
     max_examples: int = Field(1_000_000, ge=1, le=2**31 - 1, alias="max-examples")
     # --- the merge's own speed: workers of the single-pass mean; 0 = by the model's size
     merge_threads: int = Field(0, ge=0, le=256, alias="merge-threads")

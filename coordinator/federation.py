@@ -96,7 +96,8 @@ def build_merge(cfg: MergeConfig) -> Merge:
         cc_iterations=cfg.cc_iterations, seed=cfg.seed, fltrust_scale=cfg.fltrust_scale,
         server_update=server_update(cfg) if cfg.combiner == "fltrust" else None)
     limits = UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm,
-                          max_norm_ratio=cfg.max_norm_ratio)
+                          max_norm_ratio=cfg.max_norm_ratio,
+                          norm_ratio_byzantine=cfg.norm_ratio_byzantine)
     validator = ReplyValidator(limits, full_only=combiner.full_updates_only,
                                low_rank=low_rank_replies(cfg.task, cfg.task_config, cfg.seed))
     return Merge(validator, combiner, server_optimizer(cfg), cfg.gradient_scale,

@@ -39,6 +39,7 @@ class UpdateLimits:
     max_examples: int = 1_000_000
     max_update_norm: float = 0.0  # 0 = unbounded
     max_norm_ratio: float = 0.0  # 0 = off; else reject above this x the round's median norm
+    norm_ratio_byzantine: int = 0  # f: the reference resists f hostile norms (0: median)
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,36 @@ class ReplyValidator:
 
     def screen(self, norms: Mapping[str, float]) -> dict[str, str]:
         """The round-level verdicts: node id -> reason, for the offsets (given by their
-        norms) whose norm exceeds max-norm-ratio x the round's median norm."""
+        norms) whose norm exceeds max-norm-ratio x the round's reference norm
+        (``reference_norm``)."""
         ratio = self.limits.max_norm_ratio
         if ratio <= 0 or not norms:
             return {}
-        median = statistics.median(norms.values())
+        f = self.limits.norm_ratio_byzantine
+        ref = reference_norm(list(norms.values()), f)
+        what = "median" if f == 0 else f"reference (f={f})"
         return {
             node: (f"offset norm {norm:.4g} exceeds max-norm-ratio {ratio} x the round's "
-                   f"median {median:.4g}")
-            for node, norm in norms.items() if norm > ratio * median
+                   f"{what} {ref:.4g}")
+            for node, norm in norms.items() if norm > ratio * ref
         }
+
+
+def reference_norm(norms: list[float], byzantine: int = 0) -> float:
+    """The norm the round's offsets are compared with: the median for ``byzantine`` f = 0;
+    else the k-th smallest of the n norms, k = min(n, ceil((n + f + 1) / 2)).
+
+    Whatever f of the n norms are (tiny or huge), the k-th smallest lies between the
+    honest norms' median and their largest when n >= 3f + 1: at least k - f honest norms
+    are at or below it, k - f >= (n - f + 1) / 2, and it is at most the k-th smallest
+    honest norm, k <= n - f. The plain median can be pulled down to the
+    (n/2 - f)-th smallest honest norm by f hostile clients sending small offsets, until
+    honest offsets of ordinary size exceed the ratio and are rejected."""
+    if byzantine <= 0:
+        return statistics.median(norms)
+    n = len(norms)
+    k = min(n, math.ceil((n + byzantine + 1) / 2))
+    return sorted(norms)[k - 1]
 
 
 def value_problem(norm: float, max_norm: float) -> str | None:
