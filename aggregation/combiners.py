@@ -13,6 +13,7 @@ the result (so the optimizer does not move it).
 from __future__ import annotations
 
 import math
+import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,24 @@ def clip_factor(offset: Params, clip_norm: float, *, norm: float | None = None) 
         return 1.0
     norm = update_norm(offset) if norm is None else norm
     return 1.0 if norm <= clip_norm else clip_norm / norm
+
+
+def reference_norm(norms: list[float], byzantine: int = 0) -> float:
+    """A round's reference norm (``max-norm-ratio``'s, FLTrust's median scale): the median
+    for ``byzantine`` f = 0; else the k-th smallest of the n norms,
+    k = min(n, ceil((n + f + 1) / 2)).
+
+    Whatever f of the n norms are (tiny or huge), the k-th smallest lies between the
+    honest norms' median and their largest when n >= 3f + 1: at least k - f honest norms
+    are at or below it, k - f >= (n - f + 1) / 2, and it is at most the k-th smallest
+    honest norm, k <= n - f. The plain median can be pulled down to the
+    (n/2 - f)-th smallest honest norm by f hostile clients sending small offsets, until
+    honest offsets of ordinary size exceed the ratio and are rejected."""
+    if byzantine <= 0:
+        return statistics.median(norms)
+    n = len(norms)
+    k = min(n, math.ceil((n + byzantine + 1) / 2))
+    return sorted(norms)[k - 1]
 
 
 def _clip_factor(u: ClientUpdate, clip_norm: float) -> float:

@@ -24,10 +24,11 @@ def make_combiner(
     name: str, *, trim_beta: float = 0.1, byzantine: int = 1, clip_norm: float = 0.0,
     bucket_size: int = 2, cc_tau: float = 0.0, cc_iterations: int = 3, seed: int = 0,
     server_update: Callable[[Params], Params] | None = None, fltrust_scale: str = "server",
+    fltrust_byzantine: int = 0,
 ) -> OffsetCombiner:
     """The combiner a run's config names. ``server_update`` (theta -> the coordinator's
-    own offset on its root data) is needed by ``fltrust`` alone; ``fltrust_scale``: the norm
-    it rescales offsets to (``FLTrust``)."""
+    own offset on its root data) is needed by ``fltrust`` alone; ``fltrust_scale`` and
+    ``fltrust_byzantine``: the norm it rescales offsets to (``FLTrust``)."""
     if name.startswith(BUCKETED):
         return Bucketing(name.removeprefix(BUCKETED), bucket_size=bucket_size,
                          trim_beta=trim_beta, byzantine=byzantine, clip_norm=clip_norm,
@@ -38,7 +39,8 @@ def make_combiner(
         if server_update is None:
             raise CombinerError("combiner fltrust needs the coordinator's root data "
                                 "(a server update); none was given")
-        return FLTrust(server_update, scale=fltrust_scale, clip_norm=clip_norm)
+        return FLTrust(server_update, scale=fltrust_scale, byzantine=fltrust_byzantine,
+                       clip_norm=clip_norm)
     if name == "mean":
         return WeightedMean(clip_norm=clip_norm)
     if name == "fisher":

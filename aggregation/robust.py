@@ -25,6 +25,7 @@ from aggregation.combiners import (
     OffsetCombiner,
     _clip_factor,
     median_rows,
+    reference_norm,
     trimmed_rows,
     update_norm,
 )
@@ -207,7 +208,9 @@ class FLTrust(OffsetCombiner):
     ``scale`` picks c:
 
     - ``"server"``: c = ||g0||, the paper's choice;
-    - ``"median"``: c = the median norm of the round's offsets. The root set is small and
+    - ``"median"``: c = the median norm of the round's offsets (with ``byzantine`` f > 0,
+      ``reference_norm``'s order statistic, which f hostile norms cannot pull below the
+      honest median). The root set is small and
       balanced, so on non-IID clients g0 is short (its gradients partly cancel; a client
       of one or two classes moves far in one direction): on the digits splits of
       docs/robustness.md ||g0|| is a third of the median client norm, and the paper's
@@ -227,13 +230,15 @@ class FLTrust(OffsetCombiner):
     full_updates_only = True
 
     def __init__(
-        self, server_update: ServerUpdate, *, scale: str = "server", clip_norm: float = 0.0
+        self, server_update: ServerUpdate, *, scale: str = "server", byzantine: int = 0,
+        clip_norm: float = 0.0,
     ) -> None:
         super().__init__(clip_norm=clip_norm)
         if scale not in FLTRUST_SCALES:
             raise CombinerError(f"fltrust-scale must be one of {FLTRUST_SCALES}, got {scale!r}")
         self.server_update = server_update
         self.scale = scale
+        self.byzantine = byzantine
 
     @torch.no_grad()
     def combine(
@@ -262,7 +267,8 @@ class FLTrust(OffsetCombiner):
                 total += trust
         dropped = {c: f"fltrust trust score 0: cosine {cos:.3g} with the server update"
                    for c, cos in scores.items() if cos <= 0}
-        c = g0_norm if self.scale == "server" else _median(norms) if norms else 0.0
+        c = g0_norm if self.scale == "server" or not norms else reference_norm(
+            norms, self.byzantine)
         diag: dict[str, float | list[str]] = {"server-norm": g0_norm, "scale": c}
         if total <= 0:
             return CombineResult({}, len(norms), diag, dropped)

@@ -70,6 +70,8 @@ DEFENCES: dict[str, dict[str, Any]] = {
                                          "max-norm-ratio": 3.0},
     "fltrust": {"combiner": "fltrust"},
     "fltrust+median-scale": {"combiner": "fltrust", "fltrust-scale": "median"},
+    "fltrust+median-scale-f3": {"combiner": "fltrust", "fltrust-scale": "median",
+                                "fltrust-byzantine": 3},
 }
 
 
@@ -219,6 +221,22 @@ def merge_times(k: int, p: int, defences: Sequence[str], reps: int) -> str:
             + markdown_table(["combiner", "seconds: median (min-max)", "x the mean"], rows))
 
 
+def merge_grids(grids: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same cells (split/optimizer/seed) with other defences, as one grid: per
+    cell, the defences of every run; the honest-7 baseline of the first run that has it
+    (the same federation in each: the runs are seeded)."""
+    out: dict[str, Any] = {}
+    for grid in grids:
+        for key, cell in grid.items():
+            have = out.setdefault(key, {})
+            for column, value in cell.items():
+                if column == "honest-7":
+                    have.setdefault(column, value)
+                else:
+                    have[column] = {**have.get(column, {}), **value}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = base_parser(__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
@@ -255,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     text = ["# Robust merging under attack (bench/robust.py)\n", f"Machine: {machine_line()}\n"]
     if args.from_:
         grids = [json.loads(Path(f).read_text()) for f in args.from_.split(",")]
-        merged = {k: v for g in grids for k, v in g.items()}
+        merged = merge_grids(grids)
         keys = [k.split("/") for k in merged]
         splits = [x for x in SPLITS if any(k[0] == x for k in keys)]
         opts = [x for x in OPTIMIZERS if any(k[1] == x for k in keys)]

@@ -81,6 +81,7 @@ class MergeConfig(BaseModel):
     cc_iterations: int = Field(3, ge=1, le=100, alias="cc-iterations")
     fltrust_root_size: int = Field(100, ge=1, alias="fltrust-root-size")
     fltrust_scale: Literal["server", "median"] = Field("server", alias="fltrust-scale")
+    fltrust_byzantine: int = Field(0, ge=0, alias="fltrust-byzantine")
     # --- validation of updates
     max_update_norm: float = Field(0.0, ge=0.0, alias="max-update-norm")
     max_norm_ratio: float = Field(0.0, ge=0.0, alias="max-norm-ratio")

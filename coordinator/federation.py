@@ -94,6 +94,7 @@ def build_merge(cfg: MergeConfig) -> Merge:
         cfg.combiner, trim_beta=cfg.trim_beta, byzantine=cfg.krum_byzantine,
         clip_norm=cfg.clip_norm, bucket_size=cfg.bucket_size, cc_tau=cfg.cc_tau,
         cc_iterations=cfg.cc_iterations, seed=cfg.seed, fltrust_scale=cfg.fltrust_scale,
+        fltrust_byzantine=cfg.fltrust_byzantine,
         server_update=server_update(cfg) if cfg.combiner == "fltrust" else None)
     limits = UpdateLimits(max_examples=cfg.max_examples, max_update_norm=cfg.max_update_norm,
                           max_norm_ratio=cfg.max_norm_ratio,

@@ -13,7 +13,6 @@ returned as a reason (per round); the round loop records it. Combiners only comb
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from aggregation import ClientUpdate, Params
-from aggregation.combiners import update_norm
+from aggregation.combiners import reference_norm, update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 from coordinator.low_rank import LowRankError, LowRankReplies
 from coordinator.payloads import PayloadError, tensor_view
@@ -102,23 +101,6 @@ class ReplyValidator:
                    f"{what} {ref:.4g}")
             for node, norm in norms.items() if norm > ratio * ref
         }
-
-
-def reference_norm(norms: list[float], byzantine: int = 0) -> float:
-    """The norm the round's offsets are compared with: the median for ``byzantine`` f = 0;
-    else the k-th smallest of the n norms, k = min(n, ceil((n + f + 1) / 2)).
-
-    Whatever f of the n norms are (tiny or huge), the k-th smallest lies between the
-    honest norms' median and their largest when n >= 3f + 1: at least k - f honest norms
-    are at or below it, k - f >= (n - f + 1) / 2, and it is at most the k-th smallest
-    honest norm, k <= n - f. The plain median can be pulled down to the
-    (n/2 - f)-th smallest honest norm by f hostile clients sending small offsets, until
-    honest offsets of ordinary size exceed the ratio and are rejected."""
-    if byzantine <= 0:
-        return statistics.median(norms)
-    n = len(norms)
-    k = min(n, math.ceil((n + byzantine + 1) / 2))
-    return sorted(norms)[k - 1]
 
 
 def value_problem(norm: float, max_norm: float) -> str | None:

@@ -246,3 +246,17 @@ def test_fltrust_refuses_an_unknown_scale() -> None:
         FLTrust(server(TEMPLATE), scale="mean")
     assert make_combiner("fltrust", server_update=server(TEMPLATE),
                          fltrust_scale="median").scale == "median"
+
+
+def test_fltrust_median_scale_with_a_budget_resists_small_norm_attackers() -> None:
+    g0 = {k: torch.ones(s, dtype=DT) for k, s in SHAPES.items()}
+    unit = float(flat(g0).norm())
+    honest = [ClientUpdate({k: c * torch.ones(s, dtype=DT) for k, s in SHAPES.items()}, 1.0,
+                           client_id=f"h{i}") for i, c in enumerate([1.0, 2.0, 3.0, 4.0, 5.0])]
+    tiny = [ClientUpdate({k: -1e-6 * torch.ones(s, dtype=DT) for k, s in SHAPES.items()}, 1.0,
+                         client_id=f"t{i}") for i in range(2)]
+    plain = FLTrust(server(g0), scale="median").combine(honest + tiny, TEMPLATE)
+    robust = FLTrust(server(g0), scale="median", byzantine=2).combine(honest + tiny, TEMPLATE)
+    assert math.isclose(plain.diagnostics["scale"], 2 * unit)  # pulled below the honest 3
+    assert math.isclose(robust.diagnostics["scale"], 3 * unit)  # 5th of 7: the honest median
+    assert set(robust.dropped) == {"t0", "t1"}

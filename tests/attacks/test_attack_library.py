@@ -114,3 +114,17 @@ def test_fltrust_needs_held_out_data() -> None:
     with pytest.raises(ConfigError, match="combiner: fltrust needs the coordinator's held-out"):
         parse_run_config({"combiner": "fltrust",
                           "task": "tests.attacks.test_attack_library:NoHeldOut"})
+
+
+def test_benchmark_runs_of_other_defences_merge_per_cell() -> None:
+    from bench.robust import merge_grids
+
+    a = {"s/sgd/0": {"honest-7": {"acc": 0.5}, "honest-10": {"mean": {"acc": 0.6}},
+                     "ipm": {"mean": {"acc": 0.4}}}}
+    b = {"s/sgd/0": {"honest-7": {"acc": 0.5}, "honest-10": {"cc": {"acc": 0.7}},
+                     "ipm": {"cc": {"acc": 0.45}}},
+         "s/sgd/1": {"honest-7": {"acc": 0.3}}}
+    out = merge_grids([a, b])
+    assert out["s/sgd/0"]["honest-10"] == {"mean": {"acc": 0.6}, "cc": {"acc": 0.7}}
+    assert out["s/sgd/0"]["ipm"] == {"mean": {"acc": 0.4}, "cc": {"acc": 0.45}}
+    assert out["s/sgd/0"]["honest-7"] == {"acc": 0.5} and set(out) == {"s/sgd/0", "s/sgd/1"}

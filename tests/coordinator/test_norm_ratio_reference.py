@@ -9,8 +9,9 @@ import statistics
 
 import pytest
 
+from aggregation.combiners import reference_norm
 from coordinator.config import ConfigError, parse_run_config
-from coordinator.replies import ReplyValidator, UpdateLimits, reference_norm
+from coordinator.replies import ReplyValidator, UpdateLimits
 
 HONEST = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 7.0]  # median 2.5, max 7
 
