@@ -210,15 +210,15 @@ class FLTrust(OffsetCombiner):
     - ``"server"``: c = ||g0||, the paper's choice;
     - ``"median"``: c = the median norm of the round's offsets (with ``byzantine`` f > 0,
       ``reference_norm``'s order statistic, which f hostile norms cannot pull below the
-      honest median). The root set is small and
-      balanced, so on non-IID clients g0 is short (its gradients partly cancel; a client
-      of one or two classes moves far in one direction): on the digits splits of
-      docs/robustness.md ||g0|| is a third of the median client norm, and the paper's
-      rescaling shrinks every step by that much. The median keeps the clients' own step
-      size, and hostile clients in a minority cannot move it outside the honest norms'
-      range (a small-norm attack pulls it down to a low honest norm at most, a scaled one
-      up to a high honest norm). Each offset still counts with the same norm, so the
-      bound on one client's influence (TS_i c / sum TS) is the paper's.
+      honest median). The root set is small and balanced, so on non-IID clients g0 is
+      short (its gradients partly cancel; a client of one or two classes moves far in
+      one direction): on the digits splits of docs/robustness.md ||g0|| is a third of
+      the median client norm, and the paper's rescaling shrinks every step by that much.
+      The median keeps the clients' own step size, and hostile clients in a minority
+      cannot move it outside the honest norms' range (a small-norm attack pulls it down
+      to a low honest norm at most, a scaled one up to a high honest norm). Each offset
+      still counts with the same norm, so the bound on one client's influence
+      (TS_i c / sum TS) is the paper's.
 
     Streaming: O(P) memory (g0 and one accumulator of the unit offsets; c is applied at
     the end), whatever K. ``template`` must hold theta's values (the merge passes theta).
