@@ -9,7 +9,7 @@ partitions); with all 10 honest the
 recommended defence loses at most 1 point against the plain mean; no attack stops
 training; NaN/Inf senders never make an honest update be recorded as not merged. The
 seed here is one the benchmark did not use. The issue's bar for bucketed median and
-trimmed mean (within 5 points) is far from met (bench/robust.py, 3 seeds: 3 and 9 of 84
+trimmed mean (within 5 points) is far from met (bench/robust.py, 3 seeds: 4 and 11 of 84
 attacked cells); it is measured there, not here, where each cell would cost CI a federation
 for a known failure.
 """
