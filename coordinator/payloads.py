@@ -1,4 +1,7 @@
-"""Tensors in and out of Flower's ``Array`` payloads (.npy bytes), with one copy at most.
+"""Tensors in and out of Flower's ``Array`` payloads, with one copy at most: the packed
+payload (one Array for all tensors, ``client/packed.py``), which the coordinator sends and
+our ClientApp replies with, and one .npy Array per tensor, which Flower's own strategies
+and a ClientApp written against Flower's API use (``record_tensors`` reads both).
 
 Flower's ``Array.numpy()`` parses each payload through a stream, and ``Array(ndarray)``
 writes through a growing ``BytesIO`` and copies out of it (docs/design.md, Flower notes). Reading, a
@@ -18,6 +21,9 @@ import warnings
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message
+
+from client.packed import PACKED_NAME, PackedError, is_packed, unpack
+from client.packed import packed_record as packed_record  # what the coordinator sends
 
 _TORCH_DTYPES = {
     "<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16,
@@ -110,7 +116,20 @@ def tensor_array(tensor: torch.Tensor) -> Array:
 
 
 def params_record(params: dict[str, torch.Tensor]) -> ArrayRecord:
+    """One .npy Array per tensor: the record Flower's own strategies and evaluate
+    functions read by tensor name."""
     return ArrayRecord({k: tensor_array(t) for k, t in params.items()})
+
+
+def record_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The tensors of a record in either format, as read-only views of its bytes; raises
+    ``PayloadError`` naming the tensor or the part of a packed payload that is wrong."""
+    if is_packed(record):
+        try:
+            return unpack(record[PACKED_NAME])
+        except PackedError as exc:
+            raise PayloadError(str(exc)) from None
+    return {name: tensor_view(array, name) for name, array in record.items()}
 
 
 def payload_bytes(msg: Message) -> int:
