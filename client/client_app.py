@@ -10,6 +10,8 @@ between rounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -90,7 +92,7 @@ def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return unpack(record[PACKED_NAME]) if is_packed(record) else record.to_torch_state_dict()
 
 
-def _reply_record(msg: Message):
+def _reply_record(msg: Message) -> Callable[[dict[str, torch.Tensor]], ArrayRecord]:
     """How the reply's tensors travel: as the request's theta did, so that our coordinator
     gets one packed Array and a ServerApp that sends per-tensor records gets those."""
     return packed_record if is_packed(msg.content[OFFSET_KEY]) else ArrayRecord

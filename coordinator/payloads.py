@@ -133,8 +133,9 @@ def record_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def payload_bytes(msg: Message) -> int:
-    """The tensor bytes a message carries (every ArrayRecord's payloads, .npy headers
-    included): what crosses the wire for the model, per message. 0 for an error reply."""
+    """The tensor bytes a message carries (every ArrayRecord's payloads, .npy headers or
+    the packed manifest included): what crosses the wire for the model, per message. 0
+    for an error reply."""
     if msg.has_error():
         return 0
     return sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())
