@@ -137,7 +137,7 @@ def _manifest(header: bytes) -> tuple[tuple[Slot, ...], int]:
     if len(set(names)) != len(names):
         raise PackedError(f"packed manifest names a tensor twice: {sorted(names)}")
     end = 0
-    for s in sorted(slots, key=lambda s: s.offset):
+    for s in sorted(slots, key=lambda s: (s.offset, s.nbytes)):  # an empty tensor first
         if s.offset < end:
             raise PackedError(f"packed tensor {s.name!r} at offset {s.offset} overlaps the "
                               f"tensor before it (which ends at {end})")
