@@ -126,6 +126,10 @@ def test_a_foreign_writer_with_its_own_layout_is_read() -> None:
                   b.tobytes() + a.tobytes())
     out = unpack(array)
     assert out["a"].tolist() == a.tolist() and out["b"].tolist() == b.tolist()
+    # an empty tensor at a non-empty one's offset overlaps nothing, listed before or after
+    for rows in ([_row("a", shape=(2,)), _row("e", shape=(0,))],
+                 [_row("e", shape=(0,)), _row("a", shape=(2,))]):
+        assert unpack(_blob(rows, a[:2].tobytes()))["e"].shape == (0,)
 
 
 def test_a_payload_over_flowers_chunk_size_survives_flowers_serialisation() -> None:
