@@ -148,9 +148,10 @@ def _manifest(header: bytes) -> tuple[tuple[Slot, ...], int]:
 def _slot(i: int, row: object) -> Slot:
     if not isinstance(row, dict) or not isinstance(name := row.get("name"), str):
         raise PackedError(f"packed manifest entry {i} has no tensor name")
-    dtype = DTYPES.get(row.get("dtype"))  # type: ignore[arg-type]
+    raw = row.get("dtype")
+    dtype = DTYPES.get(raw) if isinstance(raw, str) else None
     if dtype is None:
-        raise PackedError(f"packed tensor {name!r}: unknown dtype {row.get('dtype')!r}")
+        raise PackedError(f"packed tensor {name!r}: unknown dtype {raw!r}")
     shape, offset = row.get("shape"), row.get("offset")
     if not isinstance(shape, list) or not all(_natural(d) for d in shape):
         raise PackedError(f"packed tensor {name!r}: shape {shape!r} is not a list of "

@@ -123,7 +123,7 @@ def decode_reply(
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
     metrics = _record(content, METRICS_KEY, MetricRecord)
-    arrays = _tensors(_record(content, OFFSET_KEY, ArrayRecord), "offset")
+    record = _record(content, OFFSET_KEY, ArrayRecord)
 
     raw = metrics.get(NUM_EXAMPLES)
     if raw is None:
@@ -138,6 +138,7 @@ def decode_reply(
 
     sent = template if low_rank is None else low_rank.template
     expected = _expected_tensors(content, sent)
+    arrays = _tensors(record, "offset")  # packed or not: the names are in the payload
     unknown = sorted(set(arrays) - set(sent))
     if unknown:
         raise UpdateRejected(f"unknown tensor(s) {unknown}")

@@ -12,9 +12,12 @@ from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from client.packed import (
     ALIGN,
+    DTYPES,
     MAGIC,
     PACKED_NAME,
     PACKED_STYPE,
@@ -161,3 +164,32 @@ def test_a_record_of_any_size_is_six_objects_in_a_message() -> None:
 
     assert count(packed_record(many)) == 6
     assert count(ArrayRecord(many)) == 4 + 2 * len(many)
+
+
+_ROWS = st.lists(st.fixed_dictionaries({
+    "name": st.one_of(st.sampled_from(["a", "b"]), st.integers(), st.none()),
+    "dtype": st.one_of(st.sampled_from(["float32", "bfloat16", "int64", "bool", "complex64"]),
+                       st.integers(), st.lists(st.integers(), max_size=1), st.none()),
+    "shape": st.one_of(st.lists(st.integers(-2, 5), max_size=3), st.text(max_size=2)),
+    "offset": st.one_of(st.integers(-8, 96), st.floats(0, 8), st.booleans()),
+}), max_size=3)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(rows=_ROWS, data=st.binary(max_size=160), mangle=st.integers(0, 20))
+def test_any_payload_unpacks_to_its_manifest_or_is_refused(rows, data, mangle) -> None:
+    """Whatever a writer puts in the manifest, the bytes or the length prefix, unpack
+    returns exactly the declared tensors inside the payload, or raises PackedError."""
+    array = _blob(rows, data)
+    if mangle:  # cut the payload short: the manifest may then run past its end
+        array = Array(dtype="uint8", shape=(1,), stype=PACKED_STYPE,
+                      data=array.data[: len(array.data) - mangle])
+    try:
+        out = unpack(array)
+    except PackedError as exc:
+        assert str(exc)
+        return
+    assert list(out) == [r["name"] for r in rows]
+    for r in rows:
+        t = out[r["name"]]
+        assert list(t.shape) == r["shape"] and t.dtype == DTYPES[r["dtype"]]
