@@ -3,22 +3,20 @@ payload (one Array for all tensors, ``client/packed.py``), which the coordinator
 our ClientApp replies with, and one .npy Array per tensor, which Flower's own strategies
 and a ClientApp written against Flower's API use (``record_tensors`` reads both).
 
-Flower's ``Array.numpy()`` parses each payload through a stream, and ``Array(ndarray)``
-writes through a growing ``BytesIO`` and copies out of it (docs/design.md, Flower notes). Reading, a
-tensor here is a read-only torch view of the ``Array.data`` bytes (the header is parsed
-by hand, the data never copied); writing, the bytes are built in one copy.
+Flower's ``Array.numpy()`` parses each payload through a stream (docs/design.md, Flower
+notes). Reading, a tensor here is a read-only torch view of the ``Array.data`` bytes (the
+.npy header is parsed by hand, the data never copied); writing, the packed payload is
+built in one copy.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-import io
 import math
 import re
 import warnings
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message
 
@@ -103,22 +101,6 @@ def _header(text: str) -> tuple[str, bool, tuple[int, ...]]:
     ):
         raise ValueError(f"descr, fortran_order or shape of the wrong type: {text[:80]!r}")
     return descr, fortran, shape
-
-
-def tensor_array(tensor: torch.Tensor) -> Array:
-    """An ``Array`` holding ``tensor`` as .npy bytes, byte-identical to ``np.save``."""
-    a = tensor.detach().cpu().contiguous().numpy()
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(a))
-    body = memoryview(a).cast("B") if a.size else b""
-    data = b"".join((header.getvalue(), body))  # the one copy
-    return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray", data=data)
-
-
-def params_record(params: dict[str, torch.Tensor]) -> ArrayRecord:
-    """One .npy Array per tensor: the record Flower's own strategies and evaluate
-    functions read by tensor name."""
-    return ArrayRecord({k: tensor_array(t) for k, t in params.items()})
 
 
 def record_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
