@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Message
 
 from client.data import ClientData
 from client.tasks.api import PartitionRequest
 from client.tasks.digits import DigitsTask
+from coordinator.payloads import packed_record, record_tensors
 
 OFFSET_KEY = "arrays"
 LIE_Z = 1.5
@@ -138,10 +139,9 @@ Layout = Sequence[tuple[str, tuple[int, ...], np.dtype]]
 
 
 def _flatten(reply: Message) -> tuple[Flat, Layout]:
-    arrays = reply.content[OFFSET_KEY]
     parts, layout = [], []
-    for name, arr in arrays.items():
-        a = arr.numpy()
+    for name, t in record_tensors(reply.content[OFFSET_KEY]).items():  # packed or not
+        a = t.numpy()
         parts.append(torch.from_numpy(np.asarray(a, np.float64).reshape(-1)))
         layout.append((name, a.shape, a.dtype))
     return torch.cat(parts), layout
@@ -151,6 +151,6 @@ def _replace(reply: Message, flat: Flat, layout: Layout) -> None:
     out, at = {}, 0
     for name, shape, dtype in layout:
         n = int(np.prod(shape))
-        out[name] = Array(flat[at : at + n].numpy().astype(dtype).reshape(shape))
+        out[name] = torch.from_numpy(flat[at : at + n].numpy().astype(dtype).reshape(shape))
         at += n
-    reply.content[OFFSET_KEY] = ArrayRecord(out)
+    reply.content[OFFSET_KEY] = packed_record(out)

@@ -18,7 +18,7 @@ round-robin (each repetition runs every variant once; ratios are per repetition)
   ours: core merge          decode_reply (zero-copy views, validation) + WeightedMean
                             (the two-pass path: norm first, then the add)
   ours: parts               decode + validate only; WeightedMean on pre-decoded views;
-                            sgd step; building the output ArrayRecord
+                            sgd step; building the output (packed) ArrayRecord
   ours: Merge, DP mean        the same with dp central (aggregation/dp.py): each offset
                               clipped, weight 1, Gaussian noise drawn in place, fixed m
   Flower FedAvg             FedAvg().aggregate_train on the same replies (to Flower they
@@ -134,7 +134,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int,
     from aggregation.dp import GaussianSumMean
     from coordinator.grid import Reply
     from coordinator.merge import Merge
-    from coordinator.payloads import params_record
+    from coordinator.payloads import packed_record
     from coordinator.replies import ReplyValidator, UpdateLimits, decode_reply
 
     replies, examples, layout = build_replies(k, p)
@@ -197,7 +197,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int,
         return opt.step(step_params, step_grads, step_state)
 
     def output_record() -> object:
-        return params_record(step_params)
+        return packed_record(step_params)  # theta as the rounds send it
 
     # --- Flower
     fedavg = FedAvg()

@@ -10,6 +10,8 @@ between rounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -17,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from client import metrics as m
 from client.datasets import run_partition
+from client.packed import PACKED_NAME, is_packed, packed_record, unpack
 from client.slowdown import pause
 from client.task import (
     FISHER_KEY,
@@ -83,11 +86,23 @@ def _measure(task: Task, model: torch.nn.Module, split, device: torch.device,
     return out
 
 
+def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """theta as the coordinator sent it: packed (ours) or one Array per tensor (any other
+    ServerApp, e.g. Flower's own strategies)."""
+    return unpack(record[PACKED_NAME]) if is_packed(record) else record.to_torch_state_dict()
+
+
+def _reply_record(msg: Message) -> Callable[[dict[str, torch.Tensor]], ArrayRecord]:
+    """How the reply's tensors travel: as the request's theta did, so that our coordinator
+    gets one packed Array and a ServerApp that sends per-tensor records gets those."""
+    return packed_record if is_packed(msg.content[OFFSET_KEY]) else ArrayRecord
+
+
 def _setup(msg: Message, context: Context):
     run = ClientTask.from_config(msg.content["config"])
     task = load_task(run.task, run.task_config)
     pid, data = node_data(task, context.node_config, run_partition(run))
-    theta = msg.content[OFFSET_KEY].to_torch_state_dict()
+    theta = _tensors(msg.content[OFFSET_KEY])
     model = build_model(task, run.seed)
     check_theta(task, model, theta)
     return run, task, pid, data, theta, model
@@ -150,9 +165,8 @@ def _train(msg: Message, context: Context, run: ClientTask, task: Task, pid: int
         m.PARTITION_ID: pid,
         m.DEVICE_CUDA: int(device.type == "cuda"),
     })
-    content = RecordDict(
-        {OFFSET_KEY: ArrayRecord(result.offset), METRICS_KEY: MetricRecord(metrics)}
-    )
+    record = _reply_record(msg)
+    content = RecordDict({OFFSET_KEY: record(result.offset), METRICS_KEY: MetricRecord(metrics)})
     if trainable is not None:
         content[MANIFEST_KEY] = ConfigRecord({"tensors": trainable})
     if run.combiner == "fisher":
@@ -163,7 +177,7 @@ def _train(msg: Message, context: Context, run: ClientTask, task: Task, pid: int
             model, data.train.x, data.train.y, device, names=trainable or list(theta),
             seed=run.seed, task=task,
         )
-        content[FISHER_KEY] = ArrayRecord(fisher)
+        content[FISHER_KEY] = record(fisher)
     return Message(content=content, reply_to=msg)
 
 

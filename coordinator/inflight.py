@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from aggregation import ServerState
-from coordinator.payloads import params_record
+from coordinator.payloads import packed_record
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class InFlight:
             return
         t0 = time.perf_counter()
         if self._record is None or self._record[0] != state.round:  # one record a version
-            self._record = (state.round, params_record(state.params))
+            self._record = (state.round, packed_record(state.params))
         messages = []
         for node in nodes:
             self.dispatched += 1

@@ -1,23 +1,27 @@
-"""Tensors in and out of Flower's ``Array`` payloads (.npy bytes), with one copy at most.
+"""Tensors in and out of Flower's ``Array`` payloads, with one copy at most: the packed
+payload (one Array for all tensors, ``client/packed.py``), which the coordinator sends and
+our ClientApp replies with, and one .npy Array per tensor, which Flower's own strategies
+and a ClientApp written against Flower's API use (``record_tensors`` reads both).
 
-Flower's ``Array.numpy()`` parses each payload through a stream, and ``Array(ndarray)``
-writes through a growing ``BytesIO`` and copies out of it (docs/design.md, Flower notes). Reading, a
-tensor here is a read-only torch view of the ``Array.data`` bytes (the header is parsed
-by hand, the data never copied); writing, the bytes are built in one copy.
+Flower's ``Array.numpy()`` parses each payload through a stream (docs/design.md, Flower
+notes). Reading, a tensor here is a read-only torch view of the ``Array.data`` bytes (the
+.npy header is parsed by hand, the data never copied); writing, the packed payload is
+built in one copy.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-import io
 import math
 import re
 import warnings
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message
+
+from client.packed import PACKED_NAME, PackedError, is_packed, unpack
+from client.packed import packed_record as packed_record  # what the coordinator sends
 
 _TORCH_DTYPES = {
     "<f4": torch.float32, "<f8": torch.float64, "<f2": torch.float16,
@@ -99,23 +103,21 @@ def _header(text: str) -> tuple[str, bool, tuple[int, ...]]:
     return descr, fortran, shape
 
 
-def tensor_array(tensor: torch.Tensor) -> Array:
-    """An ``Array`` holding ``tensor`` as .npy bytes, byte-identical to ``np.save``."""
-    a = tensor.detach().cpu().contiguous().numpy()
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(a))
-    body = memoryview(a).cast("B") if a.size else b""
-    data = b"".join((header.getvalue(), body))  # the one copy
-    return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray", data=data)
-
-
-def params_record(params: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: tensor_array(t) for k, t in params.items()})
+def record_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The tensors of a record in either format, as read-only views of its bytes; raises
+    ``PayloadError`` naming the tensor or the part of a packed payload that is wrong."""
+    if is_packed(record):
+        try:
+            return unpack(record[PACKED_NAME])
+        except PackedError as exc:
+            raise PayloadError(str(exc)) from None
+    return {name: tensor_view(array, name) for name, array in record.items()}
 
 
 def payload_bytes(msg: Message) -> int:
-    """The tensor bytes a message carries (every ArrayRecord's payloads, .npy headers
-    included): what crosses the wire for the model, per message. 0 for an error reply."""
+    """The tensor bytes a message carries (every ArrayRecord's payloads, .npy headers or
+    the packed manifest included): what crosses the wire for the model, per message. 0
+    for an error reply."""
     if msg.has_error():
         return 0
     return sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())

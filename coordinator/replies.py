@@ -23,7 +23,7 @@ from aggregation import ClientUpdate, Params
 from aggregation.combiners import reference_norm, update_norm
 from client.task import FISHER_KEY, MANIFEST_KEY, METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 from coordinator.low_rank import LowRankError, LowRankReplies
-from coordinator.payloads import PayloadError, tensor_view
+from coordinator.payloads import PayloadError, record_tensors
 
 PARTITION_ID = "partition-id"
 STORE_INT_MAX = 2**31 - 1  # the run store's integer columns (partition id, example counts)
@@ -126,7 +126,7 @@ def decode_reply(
         raise UpdateRejected(f"client error: {msg.error.reason}")
     content = msg.content
     metrics = _record(content, METRICS_KEY, MetricRecord)
-    arrays = _record(content, OFFSET_KEY, ArrayRecord)
+    record = _record(content, OFFSET_KEY, ArrayRecord)
 
     raw = metrics.get(NUM_EXAMPLES)
     if raw is None:
@@ -141,6 +141,7 @@ def decode_reply(
 
     sent = template if low_rank is None else low_rank.template
     expected = _expected_tensors(content, sent)
+    arrays = _tensors(record, "offset")  # packed or not: the names are in the payload
     unknown = sorted(set(arrays) - set(sent))
     if unknown:
         raise UpdateRejected(f"unknown tensor(s) {unknown}")
@@ -161,7 +162,8 @@ def decode_reply(
 
     fisher = None
     if FISHER_KEY in content:
-        fisher = _checked_tensors(_record(content, FISHER_KEY, ArrayRecord), template, "fisher")
+        fisher = _checked_tensors(
+            _tensors(_record(content, FISHER_KEY, ArrayRecord), "fisher"), template, "fisher")
         if set(fisher) != set(offset):
             raise UpdateRejected("fisher names other tensors than the offset")
         _check_fisher_values(fisher)
@@ -240,16 +242,20 @@ def _expected_tensors(content: Mapping, template: Params) -> set[str]:
     return set(names)
 
 
-def _checked_tensors(arrays: ArrayRecord, template: Params, what: str) -> Params:
+def _tensors(record: ArrayRecord, what: str) -> Params:
+    """The record's tensors, packed or one Array each (coordinator/payloads.py)."""
+    try:
+        return record_tensors(record)
+    except PayloadError as exc:
+        raise UpdateRejected(f"{what}: {exc}") from None
+
+
+def _checked_tensors(tensors: Params, template: Params, what: str) -> Params:
     out: Params = {}
-    for name, array in arrays.items():
+    for name, t in tensors.items():
         ref = template.get(name)
         if ref is None:
             raise UpdateRejected(f"{what}: unknown tensor {name!r}")
-        try:
-            t = tensor_view(array, name)
-        except PayloadError as exc:
-            raise UpdateRejected(f"{what}: {exc}") from None
         if t.dtype != ref.dtype:
             raise UpdateRejected(f"{what} {name!r}: dtype {t.dtype} != model's {ref.dtype}")
         if t.shape != ref.shape:

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from aggregation import ServerState
-from coordinator.payloads import params_record
+from coordinator.payloads import packed_record
 
 
 class MergeStrategy(FedAvg):
@@ -30,13 +30,13 @@ class MergeStrategy(FedAvg):
         """The train messages of the round after ``state``, carrying its theta. Clients
         see the run's round number (it seeds their local SGD), which counts on when a
         run resumes."""
-        return self.configure_train(state.round + 1, params_record(state.params), config, grid)
+        return self.configure_train(state.round + 1, packed_record(state.params), config, grid)
 
     def evaluate_messages(
         self, state: ServerState, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The evaluate messages for ``state``'s theta (none if fraction-evaluate is 0)."""
-        return self.configure_evaluate(state.round, params_record(state.params), config, grid)
+        return self.configure_evaluate(state.round, packed_record(state.params), config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

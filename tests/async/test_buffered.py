@@ -19,7 +19,7 @@ from coordinator.grid import StreamingGrid
 from coordinator.inflight import Ticket
 from coordinator.journal import RunJournal
 from coordinator.merge import Merge
-from coordinator.payloads import params_record
+from coordinator.payloads import packed_record, record_tensors
 from coordinator.replies import ReplyValidator
 from coordinator.rounds import RoundLoop
 from coordinator.store import EvaluationRecord, make_session_factory, migrated_engine, repo
@@ -36,7 +36,7 @@ EXAMPLES = {11: 10, 12: 30, 13: 20}
 def _offset_towards_target(msg: Message) -> Message:
     """A client whose offset is half the way from theta to its target."""
     node = msg.metadata.dst_node_id
-    theta = msg.content["arrays"]["w"].numpy()
+    theta = record_tensors(msg.content["arrays"])["w"].numpy()
     offset = (0.5 * (np.array(TARGET[node], np.float32) - theta)).astype(np.float32)
     return _reply(msg, offset)
 
@@ -171,7 +171,7 @@ def test_replies_in_flight_before_a_resume_are_taken_or_refused_never_twice(
     merged before the crash, one too stale, one fresh enough."""
     grid = TickingGrid([FAST, SLOW], _slow_moves_fast_stays, {FAST: 1, SLOW: 1})
     theta = {"w": torch.zeros(3)}
-    old = [grid.create_message(RecordDict({"arrays": params_record(theta),
+    old = [grid.create_message(RecordDict({"arrays": packed_record(theta),
                                            "config": ConfigRecord({})}), "train", SLOW, "0")
            for _ in range(3)]
     ids = list(grid.push_messages(old))

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 import tests.utils.replies  # noqa: F401  (stamps a TaskIdentity so Message() works here)
 from client.client_app import OFFSET_STATE_KEY, evaluate_shared, train
 from client.models import build_model
+from client.packed import PACKED_NAME, is_packed, packed_record, unpack
 from coordinator.config import parse_run_config
 from coordinator.federation import client_config
 from coordinator.replies import UpdateLimits, decode_reply
@@ -163,3 +164,20 @@ def test_a_folded_train_reply_carries_what_the_evaluate_reply_says() -> None:
         assert metrics[f"eval-{key}"] == pytest.approx(evaluated[key], rel=1e-6)
     # the round's own personal metrics are of the offset it has just trained
     assert metrics["personal-loss"] != pytest.approx(metrics["eval-personal-loss"])
+
+
+@pytest.mark.parametrize("extra", [{}, {"combiner": "fisher"}])
+def test_a_packed_request_gets_a_packed_reply_with_the_same_numbers(extra) -> None:
+    """The reply travels as theta did: packed to fedmerge's coordinator (one Array per
+    record), one Array per tensor to a ServerApp that sends that (Flower's strategies)."""
+    plain = train(message(theta(), **extra), context())
+    msg = message(theta(), **extra)
+    msg.content["arrays"] = packed_record(theta())
+    packed = train(msg, context())
+    for key in ["arrays"] + (["fisher"] if extra else []):
+        assert is_packed(packed.content[key]) and not is_packed(plain.content[key])
+        ours, theirs = unpack(packed.content[key][PACKED_NAME]), plain.content[key]
+        assert list(ours) == list(theirs)
+        assert all(torch.equal(ours[k], torch.from_numpy(theirs[k].numpy())) for k in ours), key
+    assert decode_reply(packed, theta(), UpdateLimits()).norm == pytest.approx(
+        decode_reply(plain, theta(), UpdateLimits()).norm)

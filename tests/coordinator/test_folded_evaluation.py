@@ -29,6 +29,7 @@ from coordinator.federation import run_federation
 from coordinator.grid import StreamingGrid
 from coordinator.journal import RunJournal
 from coordinator.merge import Merge
+from coordinator.payloads import record_tensors
 from coordinator.replies import ReplyValidator
 from coordinator.rounds import RoundLoop
 from coordinator.store import (
@@ -50,7 +51,7 @@ STEP = np.array([0.5, -1.0, 2.0], np.float32)
 def _scripted(msg: Message) -> Message:
     """A client whose evaluation of theta is its sum (as loss), folded or not."""
     node = msg.metadata.dst_node_id
-    theta_sum = float(msg.content["arrays"].to_torch_state_dict()["w"].sum())
+    theta_sum = float(record_tensors(msg.content["arrays"])["w"].sum())
     evaluation = {"eval-loss": theta_sum + node, "eval-acc": 0.5,
                   "partition-id": NODES.index(node)}
     if msg.metadata.message_type == MessageType.TRAIN:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord
 
+from client.packed import PACKED_NAME, PACKED_STYPE
 from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply
 from tests.utils.replies import error_reply, reply
 
@@ -36,9 +38,11 @@ def test_good_reply_decodes_to_views_with_weight_and_norm() -> None:
         ({"w": GOOD["w"]}, {"manifest": ["w", "nope"]}, "manifest names unknown tensor"),
     ],
 )
-def test_bad_replies_are_rejected_with_the_reason(arrays, kwargs, reason) -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_bad_replies_are_rejected_with_the_reason(arrays, kwargs, reason, packed) -> None:
     with pytest.raises(UpdateRejected) as exc:
-        decode_reply(reply(arrays, **kwargs), TEMPLATE, UpdateLimits(max_examples=10**6))
+        decode_reply(reply(arrays, packed=packed, **kwargs), TEMPLATE,
+                     UpdateLimits(max_examples=10**6))
     assert reason in str(exc.value)
 
 
@@ -62,3 +66,35 @@ def test_fisher_is_checked_like_the_offset() -> None:
     assert d.update.fisher is not None and set(d.update.fisher) == {"w", "b"}
     with pytest.raises(UpdateRejected, match="negative"):
         decode_reply(reply(GOOD, fisher={**fisher, "b": -fisher["b"]}), TEMPLATE, UpdateLimits())
+
+
+@pytest.mark.parametrize("manifest", [None, ["b"]])
+def test_packed_and_per_tensor_replies_decode_alike(manifest) -> None:
+    """Our ClientApp's packed reply and a per-tensor one (a ClientApp written against
+    Flower's API) give the same update: views, names, weight, norm, fisher."""
+    sent = GOOD if manifest is None else {"b": GOOD["b"]}
+    fisher = {k: np.full_like(v, 0.5) for k, v in sent.items()}
+    per_tensor, packed = (
+        decode_reply(reply(sent, examples=7, manifest=manifest, fisher=fisher, packed=p),
+                     TEMPLATE, UpdateLimits())
+        for p in (False, True)
+    )
+    assert packed.update.offset.keys() == per_tensor.update.offset.keys() == set(sent)
+    for name in sent:
+        assert torch.equal(packed.update.offset[name], per_tensor.update.offset[name])
+        assert torch.equal(packed.update.fisher[name], per_tensor.update.fisher[name])
+    assert packed.norm == per_tensor.norm and packed.update.weight == 7
+
+
+def test_a_malformed_packed_reply_is_rejected_not_a_crash() -> None:
+    msg = reply(GOOD, packed=True)
+    data = bytearray(msg.content["arrays"][PACKED_NAME].data)
+    data[:4] = b"XXXX"
+    msg.content["arrays"] = ArrayRecord({PACKED_NAME: Array(
+        dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=bytes(data))})
+    with pytest.raises(UpdateRejected, match="offset: packed payload does not start"):
+        decode_reply(msg, TEMPLATE, UpdateLimits())
+    fisher = reply(GOOD, fisher=GOOD, packed=True)
+    fisher.content["fisher"] = msg.content["arrays"]
+    with pytest.raises(UpdateRejected, match="fisher: packed payload"):
+        decode_reply(fisher, TEMPLATE, UpdateLimits())

@@ -20,6 +20,7 @@ from client.tasks.text_data import read_documents
 from client.tasks.tiny_lm import PRETRAIN_TEXT, train_tokenizer
 from coordinator.config import ConfigError, parse_run_config
 from coordinator.low_rank import low_rank_replies
+from coordinator.payloads import record_tensors
 from coordinator.replies import UpdateLimits, UpdateRejected, decode_reply
 from coordinator.store import make_engine, make_session_factory, repo
 from tests.lora.conftest import federate, task_config
@@ -109,7 +110,7 @@ def test_a_wrong_rank_adapter_is_rejected_in_a_round_that_goes_on(
 ) -> None:
     def lower_rank(node: int, msg: Message) -> Message:
         if node == 2:  # node 2 sends rank-2 factors of a rank-4 run
-            arrays = msg.content["arrays"].to_torch_state_dict()
+            arrays = record_tensors(msg.content["arrays"])
             msg.content["arrays"] = ArrayRecord({
                 n: Array((t[:2] if ".lora_A." in n else t[:, :2]).contiguous().numpy())
                 for n, t in arrays.items()})

@@ -17,7 +17,7 @@ from flwr.app import Message
 from aggregation.lora import Factors, naive_error
 from client.task import NUM_EXAMPLES
 from client.tasks.registry import load_task
-from coordinator.payloads import payload_bytes
+from coordinator.payloads import payload_bytes, record_tensors
 from coordinator.rounds import BYTES_DOWN, BYTES_UP
 from coordinator.store import make_engine, make_session_factory, repo
 from fedmerge.reports import export_run
@@ -39,7 +39,7 @@ def naive(shakespeare_fixture, tiny_model, tmp_path_factory) -> Federation:
 
 
 def tensors(msg: Message) -> dict[str, torch.Tensor]:
-    return {k: t.clone() for k, t in msg.content["arrays"].to_torch_state_dict().items()}
+    return {k: t.clone() for k, t in record_tensors(msg.content["arrays"]).items()}
 
 
 def rounds(fed: Federation) -> list[tuple[dict, list[tuple[float, dict]], dict]]:
@@ -127,7 +127,7 @@ def test_only_factors_travel_up_and_the_round_records_say_how_many_bytes(exact, 
             assert metrics[BYTES_DOWN] == sum(payload_bytes(m) for m in requests)
             assert metrics[BYTES_UP] == sum(payload_bytes(m) for m in replies)
             for r in replies:
-                names = set(r.content["arrays"])
+                names = set(record_tensors(r.content["arrays"]))
                 assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     # exact: the dense targeted weights down, rank-r factors up; naive: factors both ways
     rank, weights = SETTINGS["rank"], list(exact.result.params.values())

@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from client import client_app as real
+from client.packed import PACKED_NAME, is_packed, packed_record, unpack
 from coordinator.config import MergeConfig
 from coordinator.federation import FederationResult, run_federation
 from coordinator.grid import DelegatingGrid
@@ -63,8 +65,12 @@ class Scenario:
 
 
 def tamper(arrays: ArrayRecord, attack: str) -> ArrayRecord:
-    """The offset arrays after ``attack``, as a new ArrayRecord (names and dtypes kept)."""
+    """The offset arrays after ``attack``, as a new ArrayRecord (names, dtypes and the
+    record's format, packed or per tensor, kept)."""
     fn = ATTACKS[attack]
+    if is_packed(arrays):
+        return packed_record({name: torch.from_numpy(fn(t.numpy()))
+                              for name, t in unpack(arrays[PACKED_NAME]).items()})
     return ArrayRecord({name: Array(fn(arr.numpy())) for name, arr in arrays.items()})
 
 

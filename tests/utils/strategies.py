@@ -12,7 +12,6 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from aggregation import OffsetCombiner, ServerOptimizer, ServerState, WeightedMean, sgd
 from coordinator.grid import Reply
 from coordinator.merge import Merge, MergeReport
-from coordinator.payloads import params_record
 from coordinator.privacy import PrivacyPlan
 from coordinator.replies import ReplyValidator, UpdateLimits
 
@@ -40,7 +39,7 @@ class MergeHarness:
         self.recorder.reports.append(report)
         if not report.stepped:
             return None, None
-        return params_record(self.state.params), MetricRecord(report.train_metrics)
+        return ArrayRecord(self.state.params), MetricRecord(report.train_metrics)
 
 
 def make_strategy(
