@@ -232,17 +232,20 @@ def stamp(node: int) -> None:
     TaskIdentity.node_id = node
 
 
-def train_reply(arrays: dict[str, torch.Tensor], *, examples: int, node: int):
+def train_reply(arrays: dict[str, torch.Tensor], *, examples: int, node: int,
+                packed: bool = False):
     """A train reply Message: ArrayRecord 'arrays' and MetricRecord 'metrics' with
-    num-examples, as client/client_app.py sends it."""
+    num-examples; ``packed``: the tensors in one Array, as client/client_app.py answers
+    fedmerge's coordinator (else one .npy Array per tensor, what Flower's strategies read)."""
     from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
     from client.metrics import TRAIN_LOSS
+    from client.packed import packed_record
     from client.task import METRICS_KEY, NUM_EXAMPLES, OFFSET_KEY
 
     stamp(node)
     content = RecordDict({
-        OFFSET_KEY: ArrayRecord(arrays),
+        OFFSET_KEY: packed_record(arrays) if packed else ArrayRecord(arrays),
         METRICS_KEY: MetricRecord({NUM_EXAMPLES: examples, TRAIN_LOSS: 0.5}),
     })
     return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)

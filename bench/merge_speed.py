@@ -15,6 +15,9 @@ round-robin (each repetition runs every variant once; ratios are per repetition)
   ours: Merge               coordinator.merge.Merge with sgd lr 1 (= FedAvg): header
                             checks, then the single-pass checked sum (finite, norm, exact
                             refusals: aggregation/streaming.py), optimizer step
+  ours: Merge, packed       the same Merge on the same numbers sent as our ClientApp
+                            sends them to fedmerge's coordinator: one packed Array per
+                            reply (client/packed.py), not one .npy Array per tensor
   ours: core merge          decode_reply (zero-copy views, validation) + WeightedMean
                             (the two-pass path: norm first, then the add)
   ours: parts               decode + validate only; WeightedMean on pre-decoded views;
@@ -76,6 +79,7 @@ from bench.common import (
 MEMCPY_ELEMS = 64 * 1024 * 1024
 MEMCPY = "memcpy (yardstick; GB/s counts read + write)"
 OURS = "ours: Merge (single-pass checked mean, sgd lr 1)"
+OURS_PACKED = "ours: Merge, packed replies (as our ClientApp sends them)"
 LIMIT = "limit: blocked axpy (1M-element blocks, replies' views)"
 OLD_LIMIT = "old limit: fused axpy loop (flat copies)"
 CORE = "ours: core merge, two-pass (decode + WeightedMean)"
@@ -161,6 +165,22 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int,
     assert worst < 1e-6, f"ours != Flower FedAvg on the same replies: max diff {worst}"
     assert all(params[n].dtype == torch.float32 for n, _ in layout)
     del flower_out
+    # --- ours on the same numbers, packed as our ClientApp sends them to our coordinator
+    packed_replies = [
+        train_reply(decode_reply(m, zeros(), UpdateLimits()).update.offset,
+                    examples=examples[i], node=i + 1, packed=True)
+        for i, m in enumerate(replies)]
+    packed_merge = Merge(ReplyValidator(), WeightedMean(), opt, threads=merge_threads)
+    packed_params = zeros()
+    packed_state = ServerState(packed_params, opt.init(packed_params))
+
+    def ours_packed() -> object:
+        return packed_merge(packed_state,
+                            (Reply(str(m.metadata.src_node_id), m) for m in packed_replies))
+
+    ours_packed()
+    assert all(torch.equal(packed_params[n], params[n]) for n, _ in layout), \
+        "ours on packed replies != ours on per-tensor replies"
     dp_merge = Merge(ReplyValidator(), GaussianSumMean(clip=1.0, noise_multiplier=1.0,
                                                        denominator=k, seed=0), opt)
     dp_params = zeros()
@@ -229,6 +249,7 @@ def merge_config(k: int, p: int, reps: int, profile: bool, memcpy_elems: int,
         Variant(LIMIT, limit),
         Variant(OLD_LIMIT, old_limit),
         Variant(OURS, ours),
+        Variant(OURS_PACKED, ours_packed),
         Variant(DP_VARIANT, ours_dp),
         Variant(CORE, core),
         Variant("ours part: decode + validate", decode_only),
@@ -279,6 +300,8 @@ def merge_table(res: dict) -> tuple[str, dict[str, list[float]]]:
         "vs Flower FedAvg": ratios(times[FEDAVG], ours),
         "vs Flower FedAdam": ratios(times["Flower FedAdam.aggregate_train"], ours),
         "vs limit": ratios(lim, ours),
+        "packed vs limit": ratios(lim, times[OURS_PACKED]),
+        "packed vs Flower FedAvg": ratios(times[FEDAVG], times[OURS_PACKED]),
         "vs old limit": ratios(times[OLD_LIMIT], ours),
         "core vs limit": ratios(lim, times[CORE]),
         "limit vs Flower FedAvg": ratios(times[FEDAVG], lim),
@@ -460,11 +483,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(key['core vs limit']):.2f}",
                 f"{statistics.median(key['limit vs Flower FedAvg']):.1f}",
                 f"{statistics.median(key['vs Flower FedAdam']):.1f}",
+                f"{statistics.median(key['packed vs limit']):.2f}",
+                f"{statistics.median(key['packed vs Flower FedAvg']):.2f}",
             ])
         text.insert(2, "## Targets (ratios in the same run)\n\n" + markdown_table(
             ["K x P", "ours vs Flower FedAvg", "ours vs limit (blocked axpy)",
              "ours vs old limit", "two-pass core vs limit", "limit vs Flower FedAvg",
-             "ours vs Flower FedAdam"], summary_rows) + "\n")
+             "ours vs Flower FedAdam", "ours on packed replies vs limit",
+             "ours on packed replies vs Flower FedAvg"], summary_rows) + "\n")
         png = out / f"merge_speed{suffix}.png"
         plot(results, png)
         text.append(f"![merge speed]({png.name})\n")

@@ -37,8 +37,6 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
 
-    from client.packed import packed_record
-    from client.task import OFFSET_KEY
     from coordinator.payloads import ignore_readonly_view_warning
     from coordinator.replies import UpdateLimits, decode_reply
 
@@ -49,12 +47,9 @@ def main() -> None:
     for i in range(args.k):
         stamp(i + 1)
         per_tensor.append(train_reply(random_params(layout, seed=i), examples=100, node=i + 1))
-    packed = []
-    for msg in per_tensor:
-        twin = train_reply({}, examples=100, node=msg.metadata.dst_node_id)
-        twin.content[OFFSET_KEY] = packed_record(
-            decode_reply(msg, template, UpdateLimits()).update.offset)
-        packed.append(twin)
+    packed = [train_reply(decode_reply(msg, template, UpdateLimits()).update.offset,
+                          examples=100, node=msg.metadata.dst_node_id, packed=True)
+              for msg in per_tensor]
     views = [decode_reply(m, template, UpdateLimits()).update.offset for m in packed]
 
     def decode(replies: list, values: bool) -> None:
